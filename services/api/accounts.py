@@ -1,0 +1,90 @@
+"""Accounts, API keys and balances, each on its own account's slot."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.exceptions import ResponseError
+
+from services.common import keys
+from services.common.errors import ExchangeError
+from services.common.pairs import Markets
+from services.common.redis_conn import AnyRedis
+
+_DEPOSIT_LUA = resources.files("services.api").joinpath("deposit.lua").read_text()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    account_id: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    account_id: str
+    api_key: str
+    api_secret: str
+
+
+class AccountStore:
+    def __init__(self, redis: AnyRedis, markets: Markets) -> None:
+        self.redis = redis
+        self.markets = markets
+        self._deposit = redis.register_script(_DEPOSIT_LUA)
+        # Keys are immutable once issued, so a process may cache them.
+        self._key_cache: dict[str, ApiKey] = {}
+
+    async def create(self) -> NewAccount:
+        account_id = str(await self.redis.incr(keys.ACCOUNT_ID_SEQ))
+        api_key = secrets.token_hex(16)
+        api_secret = secrets.token_hex(32)
+        account = keys.AccountKeys(account_id)
+        await self.redis.hset(account.profile, mapping={
+            "created_ts": int(time.time() * 1000), "api_key": api_key,
+        })
+        await self.redis.hset(keys.api_key(api_key), mapping={
+            "account_id": account_id, "secret": api_secret,
+        })
+        return NewAccount(account_id, api_key, api_secret)
+
+    async def lookup_key(self, api_key: str) -> ApiKey | None:
+        cached = self._key_cache.get(api_key)
+        if cached is not None:
+            return cached
+        if not api_key or len(api_key) > 128:
+            return None
+        record = await self.redis.hgetall(keys.api_key(api_key))
+        if not record:
+            return None
+        found = ApiKey(record[b"account_id"].decode(), record[b"secret"].decode())
+        self._key_cache[api_key] = found
+        return found
+
+    async def deposit(self, account_id: str, asset_symbol: str, amount: str) -> int:
+        asset = self.markets.asset(asset_symbol)
+        units = asset.to_units(amount)
+        account = keys.AccountKeys(account_id)
+        try:
+            return int(await self._deposit(keys=[account.profile, account.balances],
+                                           args=[asset.symbol, units]))
+        except ResponseError as exc:
+            if "UNKNOWN_ACCOUNT" in str(exc):
+                raise ExchangeError("UNKNOWN_ACCOUNT", f"no account {account_id}", 404) from None
+            raise
+
+    async def balances(self, account_id: str) -> list[dict[str, str]]:
+        """Every configured asset with available and held, as wire decimals."""
+        raw = await self.redis.hgetall(keys.AccountKeys(account_id).balances)
+        values = {k.decode(): int(v) for k, v in raw.items()}
+        return [
+            {
+                "asset": asset.symbol,
+                "available": asset.format(values.get(f"avail:{asset.symbol}", 0)),
+                "held": asset.format(values.get(f"held:{asset.symbol}", 0)),
+            }
+            for asset in self.markets.assets.values()
+        ]

@@ -1,0 +1,181 @@
+"""The FastAPI application: routes, error shapes, and the web page."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.api.accounts import AccountStore
+from services.api.auth import operator, signed_account
+from services.api.orders import OrderService
+from services.api.schemas import DepositRequest, OrderRequest
+from services.api.settings import ApiSettings
+from services.common import keys
+from services.common.book_cache import book_checksum, read_book, wire_levels
+from services.common.errors import ExchangeError
+from services.common.pairs import Markets, load_markets
+from services.common.redis_conn import connect
+from services.common.tracing import setup_tracing
+
+MAX_BODY_BYTES = 64 * 1024
+STATIC_DIR = resources.files("services.api").joinpath("static")
+
+Account = Annotated[str, Depends(signed_account)]
+
+
+def _error(code: str, message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI:
+    markets = markets or load_markets()
+    tracer = setup_tracing("exchange-api")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        redis = await connect(settings.redis_url)
+        app.state.redis = redis
+        app.state.accounts = AccountStore(redis, markets)
+        app.state.orders = OrderService(redis, markets)
+        yield
+        await redis.aclose()
+
+    app = FastAPI(title="Exchange API", version="1", lifespan=lifespan,
+                  description="Public market data, signed trading and operator endpoints.")
+    app.state.settings = settings
+    app.state.markets = markets
+
+    @app.exception_handler(ExchangeError)
+    async def exchange_error(_: Request, exc: ExchangeError) -> JSONResponse:
+        return _error(exc.code, exc.message, exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error("INVALID_JSON", "the body is not valid JSON", 400)
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        return _error("INVALID_REQUEST", f"{where}: {first.get('msg', 'invalid')}", 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return _error(code, str(exc.detail), exc.status_code)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error("PAYLOAD_TOO_LARGE", f"bodies are limited to {MAX_BODY_BYTES} bytes",
+                          413)
+        with tracer.start_as_current_span(f"{request.method} {request.url.path}"):
+            return await call_next(request)
+
+    # ---- health and the page ----------------------------------------------------------
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await request.app.state.redis.ping()
+        except Exception as exc:  # any failure means not ready; say which
+            return _error("NOT_READY", f"redis unreachable: {exc}", 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC_DIR.joinpath("index.html")))
+
+    @app.get("/config.json", include_in_schema=False)
+    async def page_config() -> dict[str, object]:
+        return {"ws_url": settings.public_ws_url}
+
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+    # ---- public market data -----------------------------------------------------------
+
+    @app.get("/api/v1/time", tags=["public"])
+    async def server_time() -> dict[str, int]:
+        return {"server_time": int(time.time() * 1000)}
+
+    @app.get("/api/v1/markets", tags=["public"])
+    async def list_markets() -> list[dict[str, object]]:
+        return [{**pair.to_wire(), "status": "trading"} for pair in markets.pairs.values()]
+
+    @app.get("/api/v1/markets/{symbol}/book", tags=["public"])
+    async def book(request: Request, symbol: str,
+                   depth: Annotated[int, Query(ge=1, le=5000)] = 50) -> dict[str, object]:
+        pair = markets.pair(symbol)
+        snap = await read_book(request.app.state.redis, keys.PairKeys(pair.symbol))
+        bids = wire_levels(pair, snap.bids[:depth])
+        asks = wire_levels(pair, snap.asks[:depth])
+        return {"symbol": pair.symbol, "seq": snap.seq, "epoch": snap.epoch,
+                "ts": int(time.time() * 1000), "bids": bids, "asks": asks,
+                "checksum": book_checksum(bids, asks, depth)}
+
+    @app.get("/api/v1/markets/{symbol}/trades", tags=["public"])
+    async def trades(request: Request, symbol: str,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
+        pair = markets.pair(symbol)
+        items = await request.app.state.redis.lrange(keys.PairKeys(pair.symbol).trades, 0,
+                                                     limit - 1)
+        # Stored as wire JSON by the engine's commit, newest first: no re-encoding.
+        return Response(b"[" + b",".join(items) + b"]", media_type="application/json")
+
+    # ---- trading (signed) -------------------------------------------------------------
+
+    @app.post("/api/v1/orders", tags=["trading"], status_code=201)
+    async def place_order(request: Request, body: OrderRequest,
+                          account_id: Account) -> JSONResponse:
+        if body.post_only or body.stp or body.quote_qty is not None:
+            raise ExchangeError("UNSUPPORTED_ORDER_OPTION",
+                                "post_only, stp and quote_qty are not supported yet")
+        order, created = await request.app.state.orders.place(
+            account_id, body.symbol, body.side, body.type, body.price, body.qty, body.tif,
+            body.client_order_id)
+        return JSONResponse(order, status_code=201 if created else 200)
+
+    @app.get("/api/v1/orders/{order_id}", tags=["trading"])
+    async def get_order(request: Request, order_id: str,
+                        account_id: Account) -> dict[str, object]:
+        return await request.app.state.orders.get(account_id, order_id)
+
+    @app.delete("/api/v1/orders/{order_id}", tags=["trading"])
+    async def cancel_order(request: Request, order_id: str,
+                           account_id: Account) -> JSONResponse:
+        order, settled = await request.app.state.orders.cancel(account_id, order_id)
+        return JSONResponse(order, status_code=200 if settled else 202)
+
+    @app.get("/api/v1/balances", tags=["trading"])
+    async def balances(request: Request, account_id: Account) -> list[dict[str, str]]:
+        return await request.app.state.accounts.balances(account_id)
+
+    # ---- operator ---------------------------------------------------------------------
+
+    @app.post("/api/v1/admin/accounts", tags=["operator"], status_code=201,
+              dependencies=[Depends(operator)])
+    async def create_account(request: Request) -> dict[str, str]:
+        account = await request.app.state.accounts.create()
+        return {"account_id": account.account_id, "api_key": account.api_key,
+                "api_secret": account.api_secret}
+
+    @app.post("/api/v1/admin/deposits", tags=["operator"], dependencies=[Depends(operator)])
+    async def deposit(request: Request, body: DepositRequest) -> dict[str, str]:
+        asset = markets.asset(body.asset)
+        available = await request.app.state.accounts.deposit(body.account_id, body.asset,
+                                                             body.amount)
+        return {"account_id": body.account_id, "asset": asset.symbol,
+                "available": asset.format(available)}
+
+    return app

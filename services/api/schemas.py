@@ -1,0 +1,31 @@
+"""Request bodies of the REST API. Strict: numbers travel as decimal strings only."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class OrderRequest(_Strict):
+    symbol: StrictStr = Field(examples=["BTC-USD"])
+    side: Literal["buy", "sell"]
+    type: Literal["limit", "market"] = "limit"
+    price: StrictStr | None = Field(default=None, examples=["67001.50"])
+    qty: StrictStr | None = Field(default=None, examples=["0.2500"])
+    quote_qty: StrictStr | None = None
+    tif: Literal["GTC", "IOC", "FOK"] = "GTC"
+    post_only: StrictBool = False
+    client_order_id: StrictStr | None = Field(default=None, max_length=64,
+                                              pattern=r"^[A-Za-z0-9_.:-]+$")
+    stp: Literal["cancel_newest", "cancel_oldest", "cancel_both"] | None = None
+
+
+class DepositRequest(_Strict):
+    account_id: StrictStr
+    asset: StrictStr = Field(examples=["USD"])
+    amount: StrictStr = Field(examples=["1000.00"])

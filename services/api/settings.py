@@ -1,0 +1,34 @@
+"""API settings from the environment (12-factor), with documented defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    redis_url: str = DEFAULT_REDIS_URL
+    # Bearer token of the operator endpoints; never accepted on trading routes.
+    admin_token: str = ""
+    # The WebSocket URL the web page connects to (the gateways serve another port).
+    public_ws_url: str = "ws://127.0.0.1:8001/ws"
+    # Local demo mode: the page may fund a fresh demo account (never in production).
+    demo_faucet: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        env = os.environ
+        return cls(
+            redis_url=env.get(REDIS_URL_ENV, DEFAULT_REDIS_URL),
+            admin_token=env.get("EXCHANGE_ADMIN_TOKEN") or secrets.token_urlsafe(24),
+            public_ws_url=env.get("EXCHANGE_PUBLIC_WS_URL", cls.public_ws_url),
+            demo_faucet=env.get("EXCHANGE_DEMO_FAUCET", "0") == "1",
+            host=env.get("EXCHANGE_API_HOST", cls.host),
+            port=int(env.get("EXCHANGE_API_PORT", cls.port)),
+        )

@@ -1,0 +1,30 @@
+"""`exchange engine --pair P`: the engine process of one trading pair."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from services.common.pairs import load_markets
+from services.common.process import run_service
+from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV, connect
+from services.engine.runner import Engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exchange engine")
+    parser.add_argument("--pair", required=True, help="the trading pair, e.g. BTC-USD")
+    parser.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL))
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args(argv)
+    pair = load_markets().pair(args.pair)
+
+    async def body(stop: asyncio.Event) -> None:
+        redis = await connect(args.redis_url)
+        try:
+            await Engine(redis, pair, batch_size=args.batch_size, block_ms=200).run(stop)
+        finally:
+            await redis.aclose()
+
+    return run_service(f"engine[{pair.symbol}]", body)

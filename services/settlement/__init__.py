@@ -1,0 +1,1 @@
+"""Settlement: applies each engine event to the accounts it concerns, exactly once."""

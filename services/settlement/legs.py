@@ -1,0 +1,41 @@
+"""Pure translation of engine events into per-account settlement legs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from services.common.messages import Event, OrderCancelled, OrderRejected, Trade
+from services.common.pairs import Pair
+
+
+def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[dict[str, object]]]:
+    """For each account touched by `events`, its legs in event order.
+
+    Amounts are decimal integer strings so the settle script never does float math.
+    Accepted orders and refused cancels move no money and produce no leg.
+    """
+    legs: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for event in events:
+        if isinstance(event, Trade):
+            base = str(pair.base_units(event.qty))
+            quote = str(pair.notional_units(event.price, event.qty))
+            maker_side = "sell" if event.taker_side == "buy" else "buy"
+            for order_id, account_id, side, done in (
+                (event.maker_order_id, event.maker_account_id, maker_side, event.maker_done),
+                (event.taker_order_id, event.taker_account_id, event.taker_side, event.taker_done),
+            ):
+                legs[account_id].append({
+                    "id": order_id, "kind": "fill", "side": side, "base": base,
+                    "quote": quote, "lots": str(event.qty), "done": done, "ts": event.ts,
+                })
+        elif isinstance(event, OrderCancelled):
+            legs[event.account_id].append({
+                "id": event.order_id, "kind": "cancel", "reason": event.reason, "done": True,
+                "ts": event.ts,
+            })
+        elif isinstance(event, OrderRejected):
+            legs[event.account_id].append({
+                "id": event.order_id, "kind": "reject", "reason": event.reason, "done": True,
+                "ts": event.ts,
+            })
+    return legs

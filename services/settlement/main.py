@@ -1,0 +1,28 @@
+"""`exchange settlement`: settles every configured pair's events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from services.common.pairs import load_markets
+from services.common.process import run_service
+from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV, connect
+from services.settlement.worker import run_settlement
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exchange settlement")
+    parser.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL))
+    args = parser.parse_args(argv)
+    markets = load_markets()
+
+    async def body(stop: asyncio.Event) -> None:
+        redis = await connect(args.redis_url)
+        try:
+            await run_settlement(redis, list(markets.pairs.values()), stop)
+        finally:
+            await redis.aclose()
+
+    return run_service("settlement", body)

@@ -1,0 +1,103 @@
+"""The settlement worker: reads every pair's event stream and settles each account.
+
+Exactly once: an account's legs from one event entry are applied by one script that
+also advances the account's per-pair high-water mark of settled event seq, so an entry
+re-read after a crash (it is acknowledged only after every account is settled) is
+skipped by the accounts that already have it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import resources
+
+import msgspec
+from redis.exceptions import RedisError, ResponseError
+
+from services.common import keys
+from services.common.messages import events_decoder
+from services.common.pairs import Pair
+from services.common.redis_conn import AnyRedis
+from services.settlement.legs import legs_by_account
+
+log = logging.getLogger("exchange.settlement")
+
+_SETTLE_LUA = resources.files("services.settlement").joinpath("settle.lua").read_text()
+
+
+class PairSettler:
+    """Settles one pair's event stream, entry by entry, in order."""
+
+    def __init__(self, redis: AnyRedis, pair: Pair, *, consumer: str = "settlement",
+                 batch_size: int = 200, block_ms: int = 1000) -> None:
+        self.redis = redis
+        self.pair = pair
+        self.keys = keys.PairKeys(pair.symbol)
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self._settle = redis.register_script(_SETTLE_LUA)
+        self._json = msgspec.json.Encoder()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.events, keys.SETTLEMENT_GROUP, id="0",
+                                           mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ensure_group()
+        pending_first = True  # entries read but not acknowledged before a crash
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                streams = await self.redis.xreadgroup(
+                    keys.SETTLEMENT_GROUP, self.consumer,
+                    {self.keys.events: "0" if pending_first else ">"},
+                    count=self.batch_size, block=None if pending_first else self.block_ms,
+                )
+                entries = streams[0][1] if streams else []
+                if pending_first and not entries:
+                    pending_first = False
+                for entry_id, fields in entries:
+                    await self.settle_entry(fields)
+                    await self.redis.xack(self.keys.events, keys.SETTLEMENT_GROUP, entry_id)
+                delay = 0.1
+            except (RedisError, OSError) as exc:
+                log.warning("%s settlement: %s; retrying", self.pair.symbol, exc)
+                pending_first = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def settle_entry(self, fields: dict[bytes, bytes]) -> None:
+        """Apply one committed engine entry to every account it concerns."""
+        events = events_decoder.decode(fields[b"e"])
+        seq = int(fields[b"seq"])
+        await asyncio.gather(*(
+            self._settle_account(account_id, legs, seq)
+            for account_id, legs in legs_by_account(self.pair, events).items()
+        ))
+
+    async def _settle_account(self, account_id: str, legs: list[dict[str, object]],
+                              seq: int) -> None:
+        account = keys.AccountKeys(account_id)
+        order_keys: list[str] = []
+        index: dict[str, int] = {}
+        for leg in legs:
+            order_id = str(leg["id"])
+            if order_id not in index:
+                index[order_id] = 4 + len(order_keys)  # Lua KEYS are 1-based after 3 fixed
+                order_keys.append(account.order(order_id))
+            leg["o"] = index[order_id]
+        await self._settle(
+            keys=[account.balances, account.applied, account.open_orders, *order_keys],
+            args=[self.pair.symbol, seq, self._json.encode(legs)],
+        )
+
+
+async def run_settlement(redis: AnyRedis, pairs: list[Pair], stop: asyncio.Event) -> None:
+    """Settle every pair concurrently until `stop` is set."""
+    await asyncio.gather(*(PairSettler(redis, pair).run(stop) for pair in pairs))

@@ -1,0 +1,1 @@
+"""A simulated market: makers quoting around a random-walk mid, takers, cancels."""

@@ -1,6 +1,9 @@
 -- Credit a deposit to an existing account. KEYS: 1 profile, 2 balances
 -- ARGV: 1 asset, 2 amount (positive integer units). Returns the new available.
+-- The profile keeps what was ever deposited, so an audit can check that the sum over
+-- accounts of available + held equals the sum of deposits, asset by asset.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('UNKNOWN_ACCOUNT')
 end
+redis.call('HINCRBY', KEYS[1], 'deposited:' .. ARGV[1], ARGV[2])
 return redis.call('HINCRBY', KEYS[2], 'avail:' .. ARGV[1], ARGV[2])

@@ -1,0 +1,92 @@
+"""One order from REST to every watcher, through real processes on a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio.cluster import RedisCluster
+
+from services.common import keys
+from services.common.client import ExchangeClient
+from services.local.up import LocalExchange
+from tests.support.watcher import BookWatcher
+
+
+async def funded_account(admin: ExchangeClient, **deposits: str) -> ExchangeClient:
+    credentials = await admin.create_account()
+    for asset, amount in deposits.items():
+        await admin.deposit(credentials.account_id, asset, amount)
+    return admin.as_account(credentials)
+
+
+async def test_a_crossing_order_reaches_watchers_on_both_gateways_in_order(
+        stack: LocalExchange, admin: ExchangeClient) -> None:
+    symbol = "BTC-USD"
+    seller = await funded_account(admin, BTC="1")
+    buyer = await funded_account(admin, USD="100000")
+    gateway_a, gateway_b = stack.ws_urls
+    async with BookWatcher(gateway_a, symbol) as watch_a, \
+            BookWatcher(gateway_b, symbol) as watch_b:
+        resting = await seller.place_order(symbol, "sell", "70001.00", "0.3000")
+        for watcher in (watch_a, watch_b):
+            await watcher.wait_for(lambda w: w.asks.get("70001.00") == "0.3000",
+                                   what="the resting ask")
+        taker = await buyer.place_order(symbol, "buy", "70001.00", "0.1000")
+        for watcher in (watch_a, watch_b):
+            await watcher.wait_for(
+                lambda w: any(t["px"] == "70001.00" and t["qty"] == "0.1000" for t in w.trades),
+                what="the trade")
+            await watcher.wait_for(lambda w: w.asks.get("70001.00") == "0.2000",
+                                   what="the ask reduced by the trade")
+            trade = next(t for t in watcher.trades if t["qty"] == "0.1000")
+            assert trade["side"] == "buy"
+            assert watcher.violations == []
+            seqs = [m["seq"] for m in watcher.book_messages]
+            assert seqs == sorted(seqs)
+
+        # The book a watcher holds equals the REST book at the same seq.
+        deadline = time.monotonic() + 10
+        while True:
+            rest = await admin.book(symbol, depth=50)
+            await watch_a.wait_for(lambda w: w.seq >= rest["seq"], what="the REST seq")
+            if rest["seq"] == watch_a.seq:
+                break
+            assert time.monotonic() < deadline, "REST and WebSocket never met at one seq"
+        assert rest["bids"] == watch_a.top("bids")
+        assert rest["asks"] == watch_a.top("asks")
+
+    order = await buyer.order(taker["order_id"])
+    assert (order["status"], order["filled_qty"], order["avg_px"]) == ("filled", "0.1000", "70001.00")
+    cancelled = await seller.cancel_order(resting["order_id"])
+    assert cancelled["status"] == "cancelled"
+
+
+async def shard_subscribers(cluster_url: str, channels: list[str]) -> dict[str, int]:
+    client = RedisCluster.from_url(cluster_url)
+    try:
+        counts: dict[str, int] = {}
+        for channel in channels:
+            replies = await client.pubsub_shardnumsub(channel, target_nodes=RedisCluster.PRIMARIES)
+            counts[channel] = sum(n for reply in replies.values() for _, n in
+                                  (reply if isinstance(reply, list) else [reply]))
+        return counts
+    finally:
+        await client.aclose()
+
+
+async def test_gateway_subscribes_only_to_pairs_its_clients_watch(
+        stack: LocalExchange, redis_cluster) -> None:
+    channels = [keys.PairKeys(s).md for s in ("BTC-USD", "ETH-USD", "ETH-BTC")]
+    btc, eth_usd, eth_btc = channels
+
+    async def counts_become(expected: dict[str, int]) -> None:
+        deadline = time.monotonic() + 10
+        while (counts := await shard_subscribers(redis_cluster.url, channels)) != expected:
+            assert time.monotonic() < deadline, f"subscriptions {counts} != {expected}"
+            await asyncio.sleep(0.05)
+
+    await counts_become({btc: 0, eth_usd: 0, eth_btc: 0})
+    async with BookWatcher(stack.ws_urls[0], "BTC-USD"), BookWatcher(stack.ws_urls[0], "BTC-USD"):
+        await counts_become({btc: 1, eth_usd: 0, eth_btc: 0})  # one per gateway, not per client
+    await counts_become({btc: 0, eth_usd: 0, eth_btc: 0})

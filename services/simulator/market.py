@@ -101,8 +101,9 @@ class MarketSimulator:
         pair = rnd.choice(self.pairs)
         account_index = rnd.randrange(len(self.accounts))
         account = self.accounts[account_index]
-        # The mid wanders one tick-ish step at a time so the chart has something to show.
-        pair.mid_ticks = max(10, pair.mid_ticks + round(rnd.gauss(0, max(1, pair.mid_ticks // 4000))))
+        # A price step of about 0.5 bp of the mid: books stay dense around the touch.
+        step = max(1, pair.mid_ticks // 20000)
+        pair.mid_ticks = max(10 * step, pair.mid_ticks + round(rnd.gauss(0, step / 2)))
         roll = rnd.random()
         if roll < 0.25 and pair.open_orders:
             owner, order_id = pair.open_orders.popleft()
@@ -112,13 +113,11 @@ class MarketSimulator:
                 pass  # it filled first: normal in a live market
             return
         side = rnd.choice(("buy", "sell"))
-        spread = max(1, pair.mid_ticks // 2000)
         if roll < 0.40:  # a taker crossing the spread
-            offset = -spread * 3 if side == "sell" else spread * 3
+            offset = 2 * step if side == "buy" else -2 * step
             tif = "IOC"
         else:  # a maker quoting behind the touch
-            depth = rnd.randint(1, 20) * spread
-            offset = -depth if side == "buy" else depth
+            offset = rnd.randint(1, 20) * step * (-1 if side == "buy" else 1)
             tif = "GTC"
         price = (pair.mid_ticks + offset) * pair.tick
         min_lots = max(pair.min_qty / pair.lot,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -28,16 +29,20 @@ async def test_a_crossing_order_reaches_watchers_on_both_gateways_in_order(
     gateway_a, gateway_b = stack.ws_urls
     async with BookWatcher(gateway_a, symbol) as watch_a, \
             BookWatcher(gateway_b, symbol) as watch_b:
-        resting = await seller.place_order(symbol, "sell", "70001.00", "0.3000")
+        # Inside the spread (other tests may leave orders), so ours is the best ask.
+        book = await admin.book(symbol, depth=1)
+        price = Decimal(book["asks"][0][0]) - Decimal("0.01") if book["asks"] else Decimal(70001)
+        assert not book["bids"] or Decimal(book["bids"][0][0]) < price
+        px = f"{price:.2f}"
+        resting = await seller.place_order(symbol, "sell", px, "0.3000")
         for watcher in (watch_a, watch_b):
-            await watcher.wait_for(lambda w: w.asks.get("70001.00") == "0.3000",
-                                   what="the resting ask")
-        taker = await buyer.place_order(symbol, "buy", "70001.00", "0.1000")
+            await watcher.wait_for(lambda w: w.asks.get(px) == "0.3000", what="the resting ask")
+        taker = await buyer.place_order(symbol, "buy", px, "0.1000")
         for watcher in (watch_a, watch_b):
             await watcher.wait_for(
-                lambda w: any(t["px"] == "70001.00" and t["qty"] == "0.1000" for t in w.trades),
+                lambda w: any(t["px"] == px and t["qty"] == "0.1000" for t in w.trades),
                 what="the trade")
-            await watcher.wait_for(lambda w: w.asks.get("70001.00") == "0.2000",
+            await watcher.wait_for(lambda w: w.asks.get(px) == "0.2000",
                                    what="the ask reduced by the trade")
             trade = next(t for t in watcher.trades if t["qty"] == "0.1000")
             assert trade["side"] == "buy"
@@ -57,19 +62,20 @@ async def test_a_crossing_order_reaches_watchers_on_both_gateways_in_order(
         assert rest["asks"] == watch_a.top("asks")
 
     order = await buyer.order(taker["order_id"])
-    assert (order["status"], order["filled_qty"], order["avg_px"]) == ("filled", "0.1000", "70001.00")
+    assert (order["status"], order["filled_qty"], order["avg_px"]) == ("filled", "0.1000", px)
     cancelled = await seller.cancel_order(resting["order_id"])
     assert cancelled["status"] == "cancelled"
 
 
 async def shard_subscribers(cluster_url: str, channels: list[str]) -> dict[str, int]:
     client = RedisCluster.from_url(cluster_url)
+    await client.initialize()
     try:
         counts: dict[str, int] = {}
         for channel in channels:
-            replies = await client.pubsub_shardnumsub(channel, target_nodes=RedisCluster.PRIMARIES)
-            counts[channel] = sum(n for reply in replies.values() for _, n in
-                                  (reply if isinstance(reply, list) else [reply]))
+            # Sharded subscriptions live on the master that owns the channel's slot.
+            owner = client.get_node_from_key(channel)
+            [(_, counts[channel])] = await client.pubsub_shardnumsub(channel, target_nodes=owner)
         return counts
     finally:
         await client.aclose()

@@ -1,0 +1,108 @@
+"""Client -> server frames: parse and validate, or refuse with a stable error code.
+
+A request is validated whole before anything happens, so an op with one bad argument
+changes nothing (DESIGN §9: bad input gets a clear error and changes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from services.common.errors import ExchangeError
+from services.common.pairs import Markets
+
+BOOK_DEPTHS = (10, 50, 200)
+DEFAULT_BOOK_DEPTH = 50
+MAX_ID_LENGTH = 64
+
+Channel = Literal["book", "trades"]
+TopicKey = tuple[str, str]  # (channel, symbol): one subscription per pair and channel
+
+_decode = msgspec.json.decode
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """One subscription argument; `depth` is 0 for channels without one."""
+
+    ch: Channel
+    symbol: str
+    depth: int = 0
+
+    @property
+    def key(self) -> TopicKey:
+        return (self.ch, self.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: Literal["subscribe", "unsubscribe", "ping"]
+    id: int | str | None
+    topics: tuple[Topic, ...] = ()
+
+
+class RequestError(ExchangeError):
+    """A refused frame, with the op and id to echo when they could be read."""
+
+    def __init__(self, code: str, message: str, op: str | None = None,
+                 request_id: int | str | None = None) -> None:
+        super().__init__(code, message)
+        self.op = op
+        self.request_id = request_id
+
+
+def parse_request(frame: str | bytes, markets: Markets) -> Request:
+    """The validated request in `frame`, or RequestError (INVALID_JSON, INVALID_REQUEST,
+    UNKNOWN_OP, UNKNOWN_CHANNEL, UNKNOWN_SYMBOL, INVALID_DEPTH)."""
+    if isinstance(frame, bytes):
+        raise RequestError("INVALID_REQUEST", "frames must be JSON text, not binary")
+    try:
+        doc = _decode(frame)
+    except msgspec.DecodeError as exc:
+        raise RequestError("INVALID_JSON", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RequestError("INVALID_REQUEST", "a request must be a JSON object")
+    request_id = doc.get("id")
+    if not (request_id is None or isinstance(request_id, str) and len(request_id) <= MAX_ID_LENGTH
+            or isinstance(request_id, int) and not isinstance(request_id, bool)):
+        raise RequestError("INVALID_REQUEST",
+                           f"id must be an integer or a string of at most {MAX_ID_LENGTH}")
+    op = doc.get("op")
+    if not isinstance(op, str):
+        raise RequestError("INVALID_REQUEST", "op must be a string", None, request_id)
+    if op == "ping":
+        return Request("ping", request_id)
+    if op not in ("subscribe", "unsubscribe"):
+        raise RequestError("UNKNOWN_OP", f"unknown op {op[:32]!r}", op[:32], request_id)
+    try:
+        topics = _parse_topics(doc.get("args"), markets, with_depth=op == "subscribe")
+    except ExchangeError as exc:
+        raise RequestError(exc.code, exc.message, op, request_id) from None
+    return Request(op, request_id, topics)
+
+
+def _parse_topics(args: object, markets: Markets, with_depth: bool) -> tuple[Topic, ...]:
+    if not isinstance(args, list) or not args:
+        raise ExchangeError("INVALID_REQUEST", "args must be a non-empty list")
+    topics: dict[TopicKey, Topic] = {}  # a repeated topic counts once, the last one wins
+    for arg in args:
+        if not isinstance(arg, dict):
+            raise ExchangeError("INVALID_REQUEST", "each arg must be an object")
+        ch = arg.get("ch")
+        if ch not in ("book", "trades"):
+            raise ExchangeError("UNKNOWN_CHANNEL", f"unknown channel {str(ch)[:32]!r}")
+        symbol = markets.pair(arg.get("symbol")).symbol
+        depth = _depth(arg.get("depth", DEFAULT_BOOK_DEPTH)) if ch == "book" and with_depth else 0
+        topics[(ch, symbol)] = Topic(ch, symbol, depth)
+    return tuple(topics.values())
+
+
+def _depth(value: object) -> int:
+    # type() rather than isinstance(): JSON true or 50.0 is not a depth.
+    if type(value) is not int or value not in BOOK_DEPTHS:
+        raise ExchangeError("INVALID_DEPTH",
+                            f"depth must be one of {', '.join(map(str, BOOK_DEPTHS))}")
+    return value

@@ -1,0 +1,245 @@
+"""The WebSocket gateway: public market data over `/ws` (API.md), fed by Redis pub/sub.
+
+HTTP: `/ws` upgrades to WebSocket, `/healthz` answers 200 "ok", anything else 404.
+Client ops: `subscribe` / `unsubscribe` with `{"ch":"book","symbol":S,"depth":10|50|200}`
+(depth defaults to 50) or `{"ch":"trades","symbol":S}`, and `ping`. Each op gets
+`{"op","id","ok":true}` or `ok:false` with `{"error":{"code","message"}}`. Limits and their
+close codes: frames over 64 KiB -> 1009; more than 200 subscriptions -> error
+TOO_MANY_SUBSCRIPTIONS; over 1 MiB of unsent frames -> 4008 "slow consumer". On shutdown
+every client gets `{"ch":"system","type":"reconnect","reason":"server_shutdown"}`, then
+close 1001.
+
+Run: `python -m services.gateway --port P [--host H] [--reuse-port] [--redis-url URL]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from redis.exceptions import RedisError
+
+from services.common.errors import ExchangeError
+from services.common.pairs import load_markets
+from services.common.redis_conn import AnyRedis, connect
+from services.gateway import frames
+from services.gateway.client import SHUTDOWN_CLOSE, Client
+from services.gateway.hub import MarketHub
+from services.gateway.protocol import Request as ClientRequest
+from services.gateway.protocol import RequestError, parse_request
+from services.gateway.settings import GatewaySettings
+from services.gateway.subscriber import ShardedSubscriber
+
+__all__ = ["Gateway", "GatewaySettings", "GatewayStatus", "main", "serve_gateway"]
+
+log = logging.getLogger("exchange.gateway")
+
+WS_PATH = "/ws"
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    """A point-in-time view for metrics."""
+
+    connections: int
+    pairs: int  # pairs subscribed in Redis
+    subscriptions: int  # client subscriptions across all pairs
+
+
+class Gateway:
+    """One gateway process's server. `start()`, then `aclose()` (graceful)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.markets = load_markets(settings.pairs_file)
+        self.redis: AnyRedis | None = None
+        self.subscriber: ShardedSubscriber | None = None
+        self.hub: MarketHub | None = None
+        self._server: Server | None = None
+        self._clients: set[Client] = set()
+        self._shutting_down = False
+        self._drained = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None, "not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    def status(self) -> GatewayStatus:
+        hub = self.hub
+        return GatewayStatus(connections=len(self._clients),
+                             pairs=len(hub.feeds) if hub else 0,
+                             subscriptions=hub.subscriptions if hub else 0)
+
+    async def start(self) -> None:
+        """Connect to Redis and start listening."""
+        self.redis = await connect(self.settings.redis_url)
+        self.subscriber = ShardedSubscriber(self.redis)
+        self.hub = MarketHub(self.redis, self.subscriber, self.markets)
+        self._server = await serve(
+            self._handle, self.settings.host, self.settings.port,
+            process_request=self._route,
+            max_size=self.settings.max_frame_bytes,
+            # permessage-deflate compresses per connection: it would undo encode-once
+            # fan-out and cost more CPU than the whole rest of the path.
+            compression=None,
+            reuse_port=self.settings.reuse_port,
+        )
+        log.info("gateway listening on %s:%d%s", self.settings.host, self.port, WS_PATH)
+
+    async def aclose(self) -> None:
+        """Tell every client to reconnect, give them `shutdown_grace_s` to go, then close
+        the rest, the subscriptions and the Redis connections."""
+        self._shutting_down = True
+        for client in list(self._clients):
+            client.close_after(frames.SHUTDOWN, *SHUTDOWN_CLOSE)
+        if self._clients:
+            try:
+                async with asyncio.timeout(self.settings.shutdown_grace_s):
+                    await self._drained.wait()
+            except TimeoutError:
+                log.warning("%d clients still connected at shutdown", len(self._clients))
+        if self._server is not None:
+            self._server.close(code=SHUTDOWN_CLOSE[0], reason=SHUTDOWN_CLOSE[1])
+            await self._server.wait_closed()
+        if self.hub is not None:
+            await self.hub.aclose()
+        if self.subscriber is not None:
+            await self.subscriber.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        log.info("gateway stopped")
+
+    # ---- HTTP routing -------------------------------------------------------------------
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == WS_PATH:
+            return None  # go on with the WebSocket handshake
+        if path == HEALTH_PATH:
+            return connection.respond(HTTPStatus.OK, "ok")
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found")
+
+    # ---- one connection -----------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        client = Client(ws, max_pending=self.settings.max_pending_bytes,
+                        heartbeat_s=self.settings.heartbeat_s)
+        self._clients.add(client)
+        client.start()
+        if self._shutting_down:
+            client.close_after(frames.SHUTDOWN, *SHUTDOWN_CLOSE)
+        try:
+            async for frame in ws:
+                await self._on_frame(client, frame)
+        except ConnectionClosed:
+            pass  # 1009 (frame too big), network errors: the client is gone either way
+        finally:
+            self._clients.discard(client)
+            assert self.hub is not None
+            await self.hub.drop(client)
+            await client.aclose()
+            if self._shutting_down and not self._clients:
+                self._drained.set()
+
+    async def _on_frame(self, client: Client, frame: str | bytes) -> None:
+        try:
+            request = parse_request(frame, self.markets)
+        except RequestError as exc:
+            client.send(frames.reply(exc.op, exc.request_id, exc))
+            return
+        if request.op == "subscribe":
+            self._subscribe(client, request)
+        elif request.op == "unsubscribe":
+            assert self.hub is not None
+            for topic in request.topics:
+                await self.hub.unwatch(client, topic.key)
+            # After this reply the client gets no more frames of these topics.
+            client.send(frames.reply(request.op, request.id))
+        else:
+            client.send(frames.reply(request.op, request.id))
+
+    def _subscribe(self, client: Client, request: ClientRequest) -> None:
+        assert self.hub is not None
+        added = sum(1 for topic in request.topics if topic.key not in client.subs)
+        limit = self.settings.max_subscriptions
+        if len(client.subs) + added > limit:
+            error = ExchangeError("TOO_MANY_SUBSCRIPTIONS",
+                                  f"at most {limit} subscriptions per connection")
+            client.send(frames.reply(request.op, request.id, error))
+            return
+        # The reply goes first, so it precedes the snapshots the watches may send at once.
+        client.send(frames.reply(request.op, request.id))
+        for topic in request.topics:
+            self.hub.watch(client, topic)
+
+
+async def serve_gateway(settings: GatewaySettings, ready: asyncio.Event | None = None,
+                        stop: asyncio.Event | None = None) -> None:
+    """Run a gateway until `stop` is set or this task is cancelled, then shut it down
+    gracefully. `ready` is set once it listens."""
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        if ready is not None:
+            ready.set()
+        if stop is None:
+            await asyncio.Future()  # until cancelled
+        else:
+            await stop.wait()
+    finally:
+        await gateway.aclose()
+
+
+def _parse_args(argv: Sequence[str] | None) -> GatewaySettings:
+    env = GatewaySettings.from_env()
+    parser = argparse.ArgumentParser(prog="python -m services.gateway",
+                                     description="The exchange's WebSocket market-data gateway.")
+    parser.add_argument("--host", default=env.host, help=f"listen address (default {env.host})")
+    parser.add_argument("--port", type=int, default=env.port,
+                        help=f"listen port (default {env.port})")
+    parser.add_argument("--reuse-port", action="store_true", default=env.reuse_port,
+                        help="SO_REUSEPORT: several gateway processes share the port")
+    parser.add_argument("--redis-url", default=env.redis_url,
+                        help=f"a node of the Redis Cluster, or one Redis (default {env.redis_url})")
+    parser.add_argument("--pairs-file", default=env.pairs_file, help="pairs TOML file")
+    args = parser.parse_args(argv)
+    return replace(env, host=args.host, port=args.port, reuse_port=args.reuse_port,
+                   redis_url=args.redis_url, pairs_file=args.pairs_file)
+
+
+async def _run_until_signalled(settings: GatewaySettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve_gateway(settings, stop=stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; SIGINT/SIGTERM stop it cleanly. Returns the exit code."""
+    settings = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_run_until_signalled(settings))
+    except (OSError, RedisError, ExchangeError) as exc:
+        log.error("gateway failed: %s", exc)
+        return 1
+    return 0

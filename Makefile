@@ -18,7 +18,11 @@ up: $(INSTALLED)
 	$(VENV)/bin/exchange up $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 
 test: $(INSTALLED)
+	$(VENV)/bin/ruff check services tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	$(PY) bench/e2e_latency.py
 
 # Re-pin every package after changing pyproject.toml's dependencies.
 lock:

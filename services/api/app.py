@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from opentelemetry import propagate
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.accounts import AccountStore
@@ -76,7 +77,10 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return _error("PAYLOAD_TOO_LARGE", f"bodies are limited to {MAX_BODY_BYTES} bytes",
                           413)
-        with tracer.start_as_current_span(f"{request.method} {request.url.path}"):
+        # A caller's W3C traceparent, if any, becomes the parent: its trace goes on.
+        parent = propagate.extract(request.headers)
+        with tracer.start_as_current_span(f"{request.method} {request.url.path}",
+                                          context=parent):
             return await call_next(request)
 
     # ---- health and the page ----------------------------------------------------------

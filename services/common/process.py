@@ -14,6 +14,9 @@ def configure_logging(service: str) -> None:
         level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
+    # Per-request lines from client and server libraries drown what matters.
+    for noisy in ("httpx", "websockets.server"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_service(service: str, body: Callable[[asyncio.Event], Awaitable[None]]) -> int:

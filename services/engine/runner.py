@@ -115,7 +115,8 @@ class Engine:
         while not stop.is_set():
             try:
                 streams = await self.redis.xreadgroup(
-                    keys.ENGINE_GROUP, self.consumer, {self.keys.inbox: "0" if pending_first else ">"},
+                    keys.ENGINE_GROUP, self.consumer,
+                    {self.keys.inbox: "0" if pending_first else ">"},
                     count=self.batch_size, block=None if pending_first else self.block_ms,
                 )
                 entries = streams[0][1] if streams else []

@@ -66,8 +66,8 @@ def parse_request(frame: str | bytes, markets: Markets) -> Request:
     if not isinstance(doc, dict):
         raise RequestError("INVALID_REQUEST", "a request must be a JSON object")
     request_id = doc.get("id")
-    if not (request_id is None or isinstance(request_id, str) and len(request_id) <= MAX_ID_LENGTH
-            or isinstance(request_id, int) and not isinstance(request_id, bool)):
+    if not (request_id is None or (isinstance(request_id, str) and len(request_id) <= MAX_ID_LENGTH)
+            or (isinstance(request_id, int) and not isinstance(request_id, bool))):
         raise RequestError("INVALID_REQUEST",
                            f"id must be an integer or a string of at most {MAX_ID_LENGTH}")
     op = doc.get("op")

@@ -17,18 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from redis.exceptions import RedisError
 
 from services.common.errors import ExchangeError
 from services.common.pairs import load_markets
+from services.common.process import run_service
 from services.common.redis_conn import AnyRedis, connect
 from services.gateway import frames
 from services.gateway.client import SHUTDOWN_CLOSE, Client
@@ -218,28 +218,15 @@ def _parse_args(argv: Sequence[str] | None) -> GatewaySettings:
                    redis_url=args.redis_url, pairs_file=args.pairs_file)
 
 
-async def _run_until_signalled(settings: GatewaySettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve_gateway(settings, stop=stop)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; SIGINT/SIGTERM stop it cleanly. Returns the exit code."""
     settings = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def body(stop: asyncio.Event) -> None:
+        await serve_gateway(settings, stop=stop)
+
     try:
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_run_until_signalled(settings))
+        return run_service("gateway", body)
     except (OSError, RedisError, ExchangeError) as exc:
         log.error("gateway failed: %s", exc)
         return 1
-    return 0

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -159,8 +158,9 @@ class LocalExchange:
             self.options.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.options.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115
         child.process = subprocess.Popen(
-            child.argv, env=self._child_env(), stdout=out, stderr=subprocess.STDOUT if out else None,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            child.argv, env=self._child_env(), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT if out else None, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def _wait_http(self, url: str, deadline: float) -> None:
@@ -250,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulate-rate", type=float,
                         default=float(env.get("EXCHANGE_SIMULATE_RATE", 20)),
                         help="simulated orders per second; 0 turns the simulator off")
-    parser.add_argument("--data-dir", type=Path, default=Path(env.get("EXCHANGE_DATA_DIR", ".exchange")))
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(env.get("EXCHANGE_DATA_DIR", ".exchange")))
     args = parser.parse_args(argv)
     for port in (args.api_port, args.ws_port):
         if not port_free(port, args.host):
-            parser.error(f"port {port} on {args.host} is taken (choose another with --api-port/--ws-port)")
+            parser.error(f"port {port} on {args.host} is taken "
+                         "(choose another with --api-port / --ws-port)")
     options = UpOptions(
         data_dir=args.data_dir, host=args.host, api_port=args.api_port, ws_port=args.ws_port,
         gateways=args.gateways, redis_url=args.redis_url, redis_base_port=args.redis_port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -69,7 +70,8 @@ class MarketSimulator:
         for _ in range(self.options.accounts):
             credentials: Credentials = await self.client.create_account()
             for asset in sorted(assets):
-                await self.client.deposit(credentials.account_id, asset, DEPOSIT.get(asset, "1000000"))
+                await self.client.deposit(credentials.account_id, asset,
+                                          DEPOSIT.get(asset, "1000000"))
             self.accounts.append(self.client.as_account(credentials))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -120,8 +122,8 @@ class MarketSimulator:
             offset = rnd.randint(1, 20) * step * (-1 if side == "buy" else 1)
             tif = "GTC"
         price = (pair.mid_ticks + offset) * pair.tick
-        min_lots = max(pair.min_qty / pair.lot,
-                       (pair.min_notional / (price * pair.lot)).to_integral_value(rounding="ROUND_CEILING"))
+        lots_for_notional = math.ceil(pair.min_notional / (price * pair.lot))
+        min_lots = max(math.ceil(pair.min_qty / pair.lot), lots_for_notional)
         qty = pair.lot * int(min_lots) * rnd.randint(1, 20)
         order = await account.place_order(pair.symbol, side, str(price), str(qty), tif=tif)
         self.placed += 1

@@ -120,9 +120,10 @@ async def test_unsigned_or_badly_signed_requests_get_401_and_change_nothing(
         "authorization": f"Bearer {admin.admin_token}", "content-type": "application/json"})
     assert response.status_code == 401
     # A correct request goes through once; the same signature again is a replay.
-    first = await admin.http.post(path, content=body, headers={**good, "content-type": "application/json"})
+    good["content-type"] = "application/json"
+    first = await admin.http.post(path, content=body, headers=good)
     assert first.status_code == 201
-    replay = await admin.http.post(path, content=body, headers={**good, "content-type": "application/json"})
+    replay = await admin.http.post(path, content=body, headers=good)
     assert (replay.status_code, replay.json()["error"]["code"]) == (401, "REPLAYED_SIGNATURE")
     assert await redis.xlen(inbox) == queued_before + 1
     assert (await trader.balances())["USD"] == {"asset": "USD", "available": "950.000000",

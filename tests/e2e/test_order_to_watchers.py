@@ -11,6 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 from services.common import keys
 from services.common.client import ExchangeClient
 from services.local.up import LocalExchange
+from tests.support.waiting import eventually
 from tests.support.watcher import BookWatcher
 
 
@@ -61,8 +62,11 @@ async def test_a_crossing_order_reaches_watchers_on_both_gateways_in_order(
         assert rest["bids"] == watch_a.top("bids")
         assert rest["asks"] == watch_a.top("asks")
 
-    order = await buyer.order(taker["order_id"])
-    assert (order["status"], order["filled_qty"], order["avg_px"]) == ("filled", "0.1000", px)
+    async def taker_settled() -> bool:
+        order = await buyer.order(taker["order_id"])
+        return (order["status"], order["filled_qty"], order["avg_px"]) == ("filled", "0.1000", px)
+
+    await eventually(taker_settled, "the taker order to show its fill")
     cancelled = await seller.cancel_order(resting["order_id"])
     assert cancelled["status"] == "cancelled"
 

@@ -117,7 +117,7 @@ def test_depth_stream_is_silent_when_its_top_does_not_change() -> None:
     view = loaded()
     stream = DepthStream(2)
     stream.reset(view)
-    for seq, u in ((6, update(6, bids=[(98, 7)])), (7, update(7, asks=[(150, 1)]))):
+    for _, u in ((6, update(6, bids=[(98, 7)])), (7, update(7, asks=[(150, 1)]))):
         view.apply(u)
         assert stream.advance(view, u) is None
         assert stream.last_seq == 5  # a new subscriber's snapshot is still seq 5

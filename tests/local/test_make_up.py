@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -72,5 +71,5 @@ async def test_make_up_serves_the_page_and_a_moving_book_then_stops_cleanly(tmp_
         except subprocess.TimeoutExpired:
             os.killpg(make.pid, signal.SIGKILL)
             raise
-    gone, alive = psutil.wait_procs(descendants, timeout=15)
+    _, alive = psutil.wait_procs(descendants, timeout=15)
     assert alive == [], f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"

@@ -35,7 +35,8 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
     seller, buyer = await accounts.create(), await accounts.create()
     await accounts.deposit(seller.account_id, "SETL", "10")
     await accounts.deposit(buyer.account_id, "USD", "1000")
-    await orders.place(seller.account_id, "SETL-USD", "sell", "limit", "90.00", "2.000", "GTC", None)
+    await orders.place(seller.account_id, "SETL-USD", "sell", "limit", "90.00", "2.000", "GTC",
+                       None)
     # The buyer bids 100 but trades at the resting 90: the 10 * 2 difference comes back.
     await orders.place(buyer.account_id, "SETL-USD", "buy", "limit", "100.00", "2.000", "GTC", None)
 
@@ -46,7 +47,7 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
     await engine.process_batch(batch[0][1])
 
     settler = PairSettler(redis, PAIR)
-    (entry_id, fields), = await redis.xrange(pair_keys.events)
+    (_, fields), = await redis.xrange(pair_keys.events)
     for _ in range(3):  # a worker that crashed before XACK reads the entry again
         await settler.settle_entry(fields)
 

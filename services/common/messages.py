@@ -13,10 +13,13 @@ from typing import Literal
 import msgspec
 
 Side = Literal["buy", "sell"]
-TimeInForce = Literal["GTC", "IOC"]
+OrderType = Literal["limit", "market", "stop_limit", "stop_market"]
+TimeInForce = Literal["GTC", "IOC", "FOK"]
+# Self-trade prevention, decided by the incoming (taker) order.
+StpMode = Literal["none", "cancel_newest", "cancel_oldest", "cancel_both"]
 
 
-class _Message(msgspec.Struct, frozen=True, tag_field="k", array_like=False):
+class _Message(msgspec.Struct, frozen=True, tag_field="k", omit_defaults=True):
     pass
 
 
@@ -24,12 +27,21 @@ class _Message(msgspec.Struct, frozen=True, tag_field="k", array_like=False):
 
 
 class PlaceOrder(_Message, tag="place"):
+    """A new order. Limit orders need `price`; market orders fill within the pair's
+    price band and need `qty` or, for buys, `quote_qty` (a budget in tick*lot units);
+    stop orders wait for a trade at or through `stop_price`."""
+
     order_id: str
     account_id: str
     side: Side
-    price: int
-    qty: int
+    price: int  # ticks; 0 for market and stop-market orders
+    qty: int  # lots; 0 for a market buy by quote amount
     tif: TimeInForce = "GTC"
+    type: OrderType = "limit"
+    post_only: bool = False
+    stp: StpMode = "none"
+    quote_qty: int = 0  # tick*lot units a market buy may spend
+    stop_price: int = 0  # ticks
 
 
 class CancelOrder(_Message, tag="cancel"):
@@ -37,7 +49,23 @@ class CancelOrder(_Message, tag="cancel"):
     account_id: str
 
 
-Command = PlaceOrder | CancelOrder
+class CancelAll(_Message, tag="cancel_all"):
+    """Cancel every open order (resting or waiting stop) of an account on the pair."""
+
+    account_id: str
+
+
+class AmendOrder(_Message, tag="amend"):
+    """Change a resting order. `qty` is the new total quantity (0 = unchanged), `price`
+    the new limit (0 = unchanged). Only a smaller quantity keeps queue priority."""
+
+    order_id: str
+    account_id: str
+    qty: int = 0
+    price: int = 0
+
+
+Command = PlaceOrder | CancelOrder | CancelAll | AmendOrder
 
 
 # ---- events (engine -> settlement); `seq` is the pair's event sequence -------------
@@ -49,9 +77,12 @@ class OrderAccepted(_Message, tag="accepted"):
     order_id: str
     account_id: str
     side: Side
+    type: OrderType
     price: int
     qty: int
     tif: TimeInForce
+    quote_qty: int = 0
+    stop_price: int = 0
 
 
 class OrderRejected(_Message, tag="rejected"):
@@ -78,12 +109,47 @@ class Trade(_Message, tag="trade"):
 
 
 class OrderCancelled(_Message, tag="cancelled"):
+    """Ended by request: the owner's cancel, a cancel-all, or self-trade prevention."""
+
     seq: int
     ts: int
     order_id: str
     account_id: str
     remaining: int  # lots that will never fill
-    reason: Literal["user", "ioc_remainder"]
+    reason: Literal["user", "cancel_all", "stp"]
+
+
+class OrderExpired(_Message, tag="expired"):
+    """Ended by its own terms: what an IOC, FOK or market order could not fill."""
+
+    seq: int
+    ts: int
+    order_id: str
+    account_id: str
+    remaining: int
+    reason: Literal["ioc_remainder", "fok_unfilled", "market_remainder", "price_band",
+                    "no_liquidity", "stp"]
+
+
+class OrderAmended(_Message, tag="amended"):
+    seq: int
+    ts: int
+    order_id: str
+    account_id: str
+    price: int
+    qty: int  # new total quantity
+    remaining: int
+    requeued: bool  # lost its queue priority (price change or larger quantity)
+
+
+class OrderTriggered(_Message, tag="triggered"):
+    """A stop order's condition was met by the trade at `last_price`; it now trades."""
+
+    seq: int
+    ts: int
+    order_id: str
+    account_id: str
+    last_price: int
 
 
 class CancelRejected(_Message, tag="cancel_rejected"):
@@ -96,7 +162,18 @@ class CancelRejected(_Message, tag="cancel_rejected"):
     reason: str
 
 
-Event = OrderAccepted | OrderRejected | Trade | OrderCancelled | CancelRejected
+class AmendRejected(_Message, tag="amend_rejected"):
+    """An amend that could not be applied; the order is unchanged."""
+
+    seq: int
+    ts: int
+    order_id: str
+    account_id: str
+    reason: str
+
+
+Event = (OrderAccepted | OrderRejected | Trade | OrderCancelled | OrderExpired | OrderAmended
+         | OrderTriggered | CancelRejected | AmendRejected)
 
 
 # ---- market data (engine -> gateways), one message per committed batch -------------

@@ -3,37 +3,52 @@
 `OrderBook.apply(command, ts)` returns the events the command caused; the same
 commands with the same timestamps always give the same events (DESIGN §5), which is
 what makes crash recovery by replay exact.
+
+Order types: limit (GTC / IOC / FOK, optionally post-only), market (by quantity, or
+for buys by a quote budget) bounded by a price band, stop-market and stop-limit
+triggered by the last trade price. Self-trade prevention is decided by the incoming
+order. Integers only: prices in ticks, quantities in lots, budgets in tick*lot units.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import OrderedDict, deque
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from services.common.messages import (
+    AmendOrder,
+    AmendRejected,
+    CancelAll,
     CancelOrder,
     CancelRejected,
     Command,
     Event,
     OrderAccepted,
+    OrderAmended,
     OrderCancelled,
+    OrderExpired,
     OrderRejected,
+    OrderTriggered,
     PlaceOrder,
     Trade,
 )
 
+DEFAULT_BAND_BPS = 500  # market orders fill within 5 % of the reference price
+
 
 class RestingOrder:
-    __slots__ = ("order_id", "account_id", "side", "price", "remaining")
+    __slots__ = ("account_id", "order_id", "post_only", "price", "qty", "remaining", "side")
 
-    def __init__(self, order_id: str, account_id: str, side: str, price: int, remaining: int):
+    def __init__(self, order_id: str, account_id: str, side: str, price: int, qty: int,
+                 remaining: int, post_only: bool) -> None:
         self.order_id = order_id
         self.account_id = account_id
         self.side = side
         self.price = price
+        self.qty = qty  # total quantity, as amended
         self.remaining = remaining
+        self.post_only = post_only
 
 
 class Level:
@@ -47,12 +62,24 @@ class Level:
 
 
 class OrderBook:
-    def __init__(self) -> None:
+    def __init__(self, band_bps: int = DEFAULT_BAND_BPS) -> None:
+        self.band_bps = band_bps
         self.bids: SortedDict[int, Level] = SortedDict()  # best = last
         self.asks: SortedDict[int, Level] = SortedDict()  # best = first
         self.orders: dict[str, RestingOrder] = {}
+        self.stops: dict[str, tuple[PlaceOrder, int]] = {}  # id -> (order, arrival)
+        # Waiting stops in the order a moving price crosses them: buy stops from the
+        # lowest trigger up, sell stops from the highest down; then by arrival.
+        self._buy_stops: SortedList = SortedList()  # (stop_price, arrival, order_id)
+        self._sell_stops: SortedList = SortedList()  # (-stop_price, arrival, order_id)
+        self._arrivals = 0
+        self._triggered: deque[str] = deque()
+        self.by_account: dict[str, dict[str, None]] = {}  # open order ids, oldest first
+        self.last_price: int | None = None
         self.last_seq = 0  # seq of the last event emitted
         self.last_trade_id = 0
+        self._events: list[Event] = []
+        self._ts = 0
         # Levels touched since the last take_level_changes(): price -> new total lots.
         self._changed_bids: dict[int, int] = {}
         self._changed_asks: dict[int, int] = {}
@@ -61,65 +88,207 @@ class OrderBook:
 
     def apply(self, command: Command, ts: int) -> list[Event]:
         """Apply one command stamped with time `ts` (ms) and return its events in order."""
+        self._events = events = []
+        self._ts = ts
         if isinstance(command, PlaceOrder):
-            return self._place(command, ts)
-        return self._cancel(command, ts)
+            self._place(command)
+        elif isinstance(command, CancelOrder):
+            self._cancel(command)
+        elif isinstance(command, AmendOrder):
+            self._amend(command)
+        else:
+            self._cancel_all(command)
+        while self._triggered:
+            self._fire(self._triggered.popleft())
+        return events
 
-    def _next_seq(self) -> int:
+    def _seq(self) -> int:
         self.last_seq += 1
         return self.last_seq
 
-    def _place(self, cmd: PlaceOrder, ts: int) -> list[Event]:
-        if cmd.order_id in self.orders:
-            return [OrderRejected(self._next_seq(), ts, cmd.order_id, cmd.account_id,
-                                  "DUPLICATE_ORDER_ID")]
-        if cmd.qty <= 0 or cmd.price <= 0:
-            return [OrderRejected(self._next_seq(), ts, cmd.order_id, cmd.account_id,
-                                  "INVALID_ORDER")]
-        events: list[Event] = [
-            OrderAccepted(self._next_seq(), ts, cmd.order_id, cmd.account_id, cmd.side,
-                          cmd.price, cmd.qty, cmd.tif)
-        ]
-        remaining = self._match(cmd, ts, events)
-        if remaining == 0:
-            return events
-        if cmd.tif == "IOC":
-            events.append(OrderCancelled(self._next_seq(), ts, cmd.order_id, cmd.account_id,
-                                         remaining, "ioc_remainder"))
-            return events
-        order = RestingOrder(cmd.order_id, cmd.account_id, cmd.side, cmd.price, remaining)
-        self._rest(order)
-        return events
+    def _reject(self, cmd: PlaceOrder, reason: str) -> None:
+        self._events.append(OrderRejected(self._seq(), self._ts, cmd.order_id, cmd.account_id,
+                                          reason))
 
-    def _match(self, cmd: PlaceOrder, ts: int, events: list[Event]) -> int:
-        """Fill `cmd` against the opposite side; return the quantity left."""
-        remaining = cmd.qty
+    def _expire(self, order_id: str, account_id: str, remaining: int, reason: str) -> None:
+        self._events.append(OrderExpired(self._seq(), self._ts, order_id, account_id, remaining,
+                                         reason))  # type: ignore[arg-type]
+
+    def _place(self, cmd: PlaceOrder) -> None:
+        reason = self._invalid(cmd)
+        if reason:
+            self._reject(cmd, reason)
+            return
+        if cmd.post_only and self._would_take(cmd.side, cmd.price):
+            self._reject(cmd, "POST_ONLY_WOULD_TAKE")
+            return
+        if cmd.type in ("stop_limit", "stop_market"):
+            last = self.last_price
+            if last is not None and (last >= cmd.stop_price if cmd.side == "buy"
+                                     else last <= cmd.stop_price):
+                self._reject(cmd, "STOP_WOULD_TRIGGER")
+                return
+            self._accept(cmd)
+            self._arrivals += 1
+            self.stops[cmd.order_id] = (cmd, self._arrivals)
+            if cmd.side == "buy":
+                self._buy_stops.add((cmd.stop_price, self._arrivals, cmd.order_id))
+            else:
+                self._sell_stops.add((-cmd.stop_price, self._arrivals, cmd.order_id))
+            self.by_account.setdefault(cmd.account_id, {})[cmd.order_id] = None
+            return
+        self._accept(cmd)
+        self._execute(cmd)
+
+    def _invalid(self, cmd: PlaceOrder) -> str | None:
+        if cmd.order_id in self.orders or cmd.order_id in self.stops:
+            return "DUPLICATE_ORDER_ID"
+        limit_priced = cmd.type in ("limit", "stop_limit")
+        if limit_priced and cmd.price <= 0:
+            return "INVALID_PRICE"
+        if not limit_priced and cmd.price:
+            return "INVALID_PRICE"
+        if cmd.quote_qty:
+            if cmd.qty or cmd.side != "buy" or cmd.type not in ("market", "stop_market"):
+                return "INVALID_QUOTE_QTY"
+            if cmd.quote_qty < 0:
+                return "INVALID_QUOTE_QTY"
+        elif cmd.qty <= 0:
+            return "INVALID_QTY"
+        if cmd.type in ("stop_limit", "stop_market") and cmd.stop_price <= 0:
+            return "INVALID_STOP_PRICE"
+        if cmd.type in ("limit", "market") and cmd.stop_price:
+            return "INVALID_STOP_PRICE"
+        if cmd.post_only and (cmd.type != "limit" or cmd.tif != "GTC"):
+            return "INVALID_POST_ONLY"
+        if cmd.type in ("market", "stop_market") and cmd.tif == "FOK" and cmd.quote_qty:
+            return "INVALID_TIME_IN_FORCE"
+        return None
+
+    def _accept(self, cmd: PlaceOrder) -> None:
+        self._events.append(OrderAccepted(
+            self._seq(), self._ts, cmd.order_id, cmd.account_id, cmd.side, cmd.type, cmd.price,
+            cmd.qty, cmd.tif, cmd.quote_qty, cmd.stop_price))
+
+    def _execute(self, cmd: PlaceOrder, qty: int | None = None) -> None:
+        """Match an accepted (or triggered) order, then rest or expire what is left."""
+        market = cmd.type in ("market", "stop_market")
+        qty = cmd.qty if qty is None else qty
+        if market:
+            reference = self.last_price if self.last_price is not None else self._best(cmd.side)
+            if reference is None:
+                self._expire(cmd.order_id, cmd.account_id, qty, "no_liquidity")
+                return
+            band = reference * self.band_bps
+            limit = reference + band // 10_000 if cmd.side == "buy" else \
+                reference - band // 10_000
+        else:
+            limit = cmd.price
+        if cmd.tif == "FOK" and not self._fillable(cmd, limit, qty):
+            self._expire(cmd.order_id, cmd.account_id, qty, "fok_unfilled")
+            return
+        remaining, stopped_by = self._match(cmd, limit, qty)
+        if stopped_by == "filled":
+            return
+        if cmd.quote_qty:
+            remaining = 0  # what a budget order leaves is money, not lots: nothing rests
+        if stopped_by == "stp":
+            self._expire(cmd.order_id, cmd.account_id, remaining, "stp")
+        elif market:
+            self._expire(cmd.order_id, cmd.account_id, remaining, stopped_by)
+        elif cmd.tif == "GTC":
+            self._rest(RestingOrder(cmd.order_id, cmd.account_id, cmd.side, cmd.price,
+                                    cmd.qty, remaining, cmd.post_only))
+        else:
+            self._expire(cmd.order_id, cmd.account_id, remaining, "ioc_remainder")
+
+    def _match(self, cmd: PlaceOrder, limit: int, qty: int) -> tuple[int, str]:
+        """Fill against the opposite side up to `limit`. Returns what is left (lots, or
+        for a budget order the unspent budget) and why matching stopped."""
         buying = cmd.side == "buy"
-        opposite = self.asks if buying else self.bids
+        book = self.asks if buying else self.bids
         changed = self._changed_asks if buying else self._changed_bids
-        while remaining and opposite:
-            price, level = opposite.peekitem(0 if buying else -1)
-            if (price > cmd.price) if buying else (price < cmd.price):
-                break
-            while remaining and level.orders:
-                maker = next(iter(level.orders.values()))
-                qty = min(remaining, maker.remaining)
-                remaining -= qty
-                maker.remaining -= qty
-                level.total -= qty
+        budget = cmd.quote_qty  # a market buy by quote amount spends this instead
+        remaining = budget if budget and not qty else qty
+        stp = cmd.stp
+        events = self._events
+        while book:
+            price, level = book.peekitem(0 if buying else -1)
+            if (price > limit) if buying else (price < limit):
+                return remaining, "price_band"
+            orders = level.orders
+            while orders:
+                maker = next(iter(orders.values()))
+                if stp != "none" and maker.account_id == cmd.account_id:
+                    if stp != "cancel_newest":  # cancel_oldest or cancel_both
+                        self._remove(maker, level, "stp")
+                    if stp != "cancel_oldest":
+                        changed[price] = level.total
+                        if not orders:
+                            del book[price]
+                        return remaining, "stp"
+                    continue
+                if budget:
+                    fill = min(remaining // price, maker.remaining)
+                    if fill == 0:
+                        changed[price] = level.total
+                        return remaining, "market_remainder"
+                    remaining -= fill * price
+                    taker_done = remaining < price
+                else:
+                    fill = min(remaining, maker.remaining)
+                    remaining -= fill
+                    taker_done = remaining == 0
+                maker.remaining -= fill
+                level.total -= fill
                 self.last_trade_id += 1
+                self.last_price = price
+                maker_done = maker.remaining == 0
                 events.append(Trade(
-                    self._next_seq(), ts, self.last_trade_id, price, qty, cmd.side,
+                    self._seq(), self._ts, self.last_trade_id, price, fill, cmd.side,
                     maker.order_id, maker.account_id, cmd.order_id, cmd.account_id,
-                    maker.remaining == 0, remaining == 0,
-                ))
-                if maker.remaining == 0:
-                    level.orders.popitem(last=False)
+                    maker_done, taker_done))
+                if maker_done:
+                    orders.popitem(last=False)
                     del self.orders[maker.order_id]
+                    self._forget(maker.account_id, maker.order_id)
+                if self._buy_stops or self._sell_stops:
+                    self._collect_triggers(price)
+                if taker_done:
+                    changed[price] = level.total
+                    if not orders:
+                        del book[price]
+                    return remaining, "filled"
             changed[price] = level.total
-            if not level.orders:
-                del opposite[price]
-        return remaining
+            del book[price]
+        return remaining, "no_liquidity"
+
+    def _fillable(self, cmd: PlaceOrder, limit: int, qty: int) -> bool:
+        """Would `qty` fill completely within `limit`, given self-trade prevention?"""
+        buying = cmd.side == "buy"
+        book = self.asks if buying else self.bids
+        prices = book.irange(maximum=limit) if buying else book.irange(minimum=limit,
+                                                                        reverse=True)
+        for price in prices:
+            for maker in book[price].orders.values():
+                if cmd.stp != "none" and maker.account_id == cmd.account_id:
+                    if cmd.stp == "cancel_oldest":
+                        continue
+                    return False
+                qty -= maker.remaining
+                if qty <= 0:
+                    return True
+        return False
+
+    def _would_take(self, side: str, price: int) -> bool:
+        best = self._best(side)
+        return best is not None and (best <= price if side == "buy" else best >= price)
+
+    def _best(self, side: str) -> int | None:
+        """Best opposite price for an order on `side`."""
+        if side == "buy":
+            return self.asks.peekitem(0)[0] if self.asks else None
+        return self.bids.peekitem(-1)[0] if self.bids else None
 
     def _rest(self, order: RestingOrder) -> None:
         side, changed = self._side(order.side)
@@ -130,28 +299,138 @@ class OrderBook:
         level.total += order.remaining
         changed[order.price] = level.total
         self.orders[order.order_id] = order
+        self.by_account.setdefault(order.account_id, {})[order.order_id] = None
 
-    def _cancel(self, cmd: CancelOrder, ts: int) -> list[Event]:
-        order = self.orders.get(cmd.order_id)
-        if order is None or order.account_id != cmd.account_id:
+    def _remove(self, order: RestingOrder, level: Level, reason: str) -> None:
+        """Take a resting order out (level totals kept right; caller drops empty levels)."""
+        del level.orders[order.order_id]
+        level.total -= order.remaining
+        del self.orders[order.order_id]
+        self._forget(order.account_id, order.order_id)
+        self._events.append(OrderCancelled(self._seq(), self._ts, order.order_id,
+                                           order.account_id, order.remaining,
+                                           reason))  # type: ignore[arg-type]
+
+    def _forget(self, account_id: str, order_id: str) -> None:
+        open_ids = self.by_account[account_id]
+        del open_ids[order_id]
+        if not open_ids:
+            del self.by_account[account_id]
+
+    def _side(self, side: str) -> tuple[SortedDict, dict[int, int]]:
+        if side == "buy":
+            return self.bids, self._changed_bids
+        return self.asks, self._changed_asks
+
+    # ---- stops ----------------------------------------------------------------------
+
+    def _collect_triggers(self, price: int) -> None:
+        """Queue the stops a trade at `price` triggers, in the order it crossed them."""
+        buys, sells = self._buy_stops, self._sell_stops
+        while buys and buys[0][0] <= price:
+            self._triggered.append(buys.pop(0)[2])
+        while sells and -sells[0][0] >= price:
+            self._triggered.append(sells.pop(0)[2])
+
+    def _fire(self, order_id: str) -> None:
+        entry = self.stops.pop(order_id, None)
+        if entry is None:  # cancelled after it was queued
+            return
+        cmd = entry[0]
+        self._forget(cmd.account_id, order_id)
+        assert self.last_price is not None
+        self._events.append(OrderTriggered(self._seq(), self._ts, order_id, cmd.account_id,
+                                           self.last_price))
+        self._execute(cmd)
+
+    def _drop_stop(self, cmd: PlaceOrder, arrival: int) -> None:
+        if cmd.side == "buy":
+            self._buy_stops.remove((cmd.stop_price, arrival, cmd.order_id))
+        else:
+            self._sell_stops.remove((-cmd.stop_price, arrival, cmd.order_id))
+        del self.stops[cmd.order_id]
+        self._forget(cmd.account_id, cmd.order_id)
+
+    # ---- cancel and amend -----------------------------------------------------------
+
+    def _cancel(self, cmd: CancelOrder) -> None:
+        if not self._cancel_one(cmd.order_id, cmd.account_id, "user"):
             # Someone else's order is reported exactly like a missing one: no oracle.
-            return [CancelRejected(self._next_seq(), ts, cmd.order_id, cmd.account_id,
-                                   "ORDER_NOT_OPEN")]
+            self._events.append(CancelRejected(self._seq(), self._ts, cmd.order_id,
+                                               cmd.account_id, "ORDER_NOT_OPEN"))
+
+    def _cancel_one(self, order_id: str, account_id: str, reason: str) -> bool:
+        order = self.orders.get(order_id)
+        if order is not None and order.account_id == account_id:
+            side, changed = self._side(order.side)
+            level = side[order.price]
+            self._remove(order, level, reason)
+            changed[order.price] = level.total
+            if not level.orders:
+                del side[order.price]
+            return True
+        stop = self.stops.get(order_id)
+        if stop is not None and stop[0].account_id == account_id:
+            cmd = stop[0]
+            self._drop_stop(cmd, stop[1])
+            self._events.append(OrderCancelled(self._seq(), self._ts, order_id, account_id,
+                                               cmd.qty, reason))  # type: ignore[arg-type]
+            return True
+        return False
+
+    def _cancel_all(self, cmd: CancelAll) -> None:
+        for order_id in list(self.by_account.get(cmd.account_id, ())):
+            self._cancel_one(order_id, cmd.account_id, "cancel_all")
+
+    def _amend(self, cmd: AmendOrder) -> None:
+        order = self.orders.get(cmd.order_id)
+        reason = None
+        if order is None or order.account_id != cmd.account_id:
+            reason = "ORDER_NOT_OPEN"
+        else:
+            filled = order.qty - order.remaining
+            new_qty = cmd.qty or order.qty
+            new_price = cmd.price or order.price
+            if cmd.qty < 0 or cmd.price < 0:
+                reason = "INVALID_AMEND"
+            elif new_qty <= filled:
+                reason = "QTY_NOT_ABOVE_FILLED"
+            elif new_qty == order.qty and new_price == order.price:
+                reason = "NO_CHANGE"
+            elif order.post_only and new_price != order.price and \
+                    self._would_take(order.side, new_price):
+                reason = "POST_ONLY_WOULD_TAKE"
+        if reason:
+            self._events.append(AmendRejected(self._seq(), self._ts, cmd.order_id,
+                                              cmd.account_id, reason))
+            return
+        assert order is not None
         side, changed = self._side(order.side)
         level = side[order.price]
+        new_remaining = new_qty - filled
+        if new_price == order.price and new_remaining < order.remaining:
+            # Smaller at the same price: keeps its place in the queue.
+            level.total -= order.remaining - new_remaining
+            order.remaining, order.qty = new_remaining, new_qty
+            changed[order.price] = level.total
+            self._events.append(OrderAmended(self._seq(), self._ts, order.order_id,
+                                             order.account_id, new_price, new_qty,
+                                             new_remaining, False))
+            return
+        # Anything else re-queues: out of the book, then in again as if new (it may trade).
         del level.orders[order.order_id]
         level.total -= order.remaining
         changed[order.price] = level.total
         if not level.orders:
             del side[order.price]
         del self.orders[order.order_id]
-        return [OrderCancelled(self._next_seq(), ts, order.order_id, order.account_id,
-                               order.remaining, "user")]
-
-    def _side(self, side: str) -> tuple[SortedDict, dict[int, int]]:
-        if side == "buy":
-            return self.bids, self._changed_bids
-        return self.asks, self._changed_asks
+        self._forget(order.account_id, order.order_id)
+        self._events.append(OrderAmended(self._seq(), self._ts, order.order_id,
+                                         order.account_id, new_price, new_qty, new_remaining,
+                                         True))
+        requeued = PlaceOrder(order.order_id, order.account_id, order.side,  # type: ignore[arg-type]
+                              new_price, new_qty, post_only=order.post_only)
+        self._execute(requeued, new_remaining)
 
     # ---- views ----------------------------------------------------------------------
 
@@ -161,11 +440,11 @@ class OrderBook:
         self._changed_bids, self._changed_asks = {}, {}
         return bids, asks
 
-    def depth(self, side: str) -> Iterator[tuple[int, int]]:
+    def depth(self, side: str) -> list[tuple[int, int]]:
         """(price, total lots) from the best level outward."""
         if side == "buy":
-            return ((p, self.bids[p].total) for p in reversed(self.bids))
-        return ((p, self.asks[p].total) for p in self.asks)
+            return [(p, self.bids[p].total) for p in reversed(self.bids)]
+        return [(p, self.asks[p].total) for p in self.asks]
 
     def best_bid(self) -> int | None:
         return self.bids.peekitem(-1)[0] if self.bids else None

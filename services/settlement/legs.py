@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from services.common.messages import Event, OrderCancelled, OrderRejected, Trade
+from services.common.messages import (
+    Event,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    Trade,
+)
 from services.common.pairs import Pair
 
 
@@ -12,7 +19,8 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[dict[str,
     """For each account touched by `events`, its legs in event order.
 
     Amounts are decimal integer strings so the settle script never does float math.
-    Accepted orders and refused cancels move no money and produce no leg.
+    Accepted or triggered orders and refused cancels or amends move no money and
+    produce no leg; an amend changes only the order record.
     """
     legs: dict[str, list[dict[str, object]]] = defaultdict(list)
     for event in events:
@@ -28,7 +36,9 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[dict[str,
                     "id": order_id, "kind": "fill", "side": side, "base": base,
                     "quote": quote, "lots": str(event.qty), "done": done, "ts": event.ts,
                 })
-        elif isinstance(event, OrderCancelled):
+        elif isinstance(event, OrderCancelled | OrderExpired):
+            # An expired order (IOC/FOK/market remainder) shows as cancelled with the
+            # reason, keeping API.md's order statuses.
             legs[event.account_id].append({
                 "id": event.order_id, "kind": "cancel", "reason": event.reason, "done": True,
                 "ts": event.ts,
@@ -37,5 +47,10 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[dict[str,
             legs[event.account_id].append({
                 "id": event.order_id, "kind": "reject", "reason": event.reason, "done": True,
                 "ts": event.ts,
+            })
+        elif isinstance(event, OrderAmended):
+            legs[event.account_id].append({
+                "id": event.order_id, "kind": "amend", "price": str(event.price),
+                "qty": str(event.qty), "done": False, "ts": event.ts,
             })
     return legs

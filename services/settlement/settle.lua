@@ -3,8 +3,9 @@
 --       4.. the order records the legs name (leg.o is an index into KEYS)
 -- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON)
 -- Amounts stay strings end to end: HINCRBY is exact on 64-bit integers, Lua numbers
--- are not. A leg: {o, id, kind = fill|cancel|reject, side, base, quote, lots, done,
--- reason, ts}; base/quote/lots are decimal integer strings.
+-- are not. A leg: {o, id, kind, side, base, quote, lots, done,
+-- reason, ts, price, qty}; base/quote/lots/price/qty are decimal integer strings.
+-- kind is fill | cancel (also expiry) | reject | amend.
 local last = redis.call('HGET', KEYS[2], ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0  -- a replay after a crash: already applied
@@ -30,6 +31,8 @@ for _, leg in ipairs(cjson.decode(ARGV[3])) do
       redis.call('HSET', order, 'status', leg.done and 'filled' or 'partially_filled')
     elseif leg.kind == 'cancel' then
       redis.call('HSET', order, 'status', 'cancelled', 'reason', leg.reason)
+    elseif leg.kind == 'amend' then
+      redis.call('HSET', order, 'price', leg.price, 'qty', leg.qty)
     else
       redis.call('HSET', order, 'status', 'rejected', 'reason', leg.reason)
     end

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.messages import (
+    AmendOrder,
+    CancelAll,
     CancelOrder,
     CancelRejected,
     OrderAccepted,
+    OrderAmended,
     OrderCancelled,
+    OrderExpired,
     OrderRejected,
     PlaceOrder,
     Trade,
+    encode,
 )
 from services.engine.book import OrderBook
+from tests.engine.reference import ReferenceBook, reduce_events
 
 
 def place(oid: str, side: str, price: int, qty: int, tif: str = "GTC",
@@ -38,15 +42,15 @@ def test_crossing_order_trades_at_maker_price_best_price_first_then_time() -> No
     assert trades(events) == [(100, 5, "s2", "b1"), (100, 5, "s3", "b1"), (101, 2, "s1", "b1")]
     assert [e.trade_id for e in events if isinstance(e, Trade)] == [1, 2, 3]
     assert events[-1].taker_done and not events[-1].maker_done
-    assert list(book.depth("sell")) == [(101, 3)]
-    assert list(book.depth("buy")) == []
+    assert book.depth("sell") == [(101, 3)]
+    assert book.depth("buy") == []
 
 
-def test_gtc_remainder_rests_and_ioc_remainder_is_cancelled() -> None:
+def test_gtc_remainder_rests_and_ioc_remainder_expires() -> None:
     book = OrderBook()
     book.apply(place("s1", "sell", 100, 2), 1)
     ioc = book.apply(place("b1", "buy", 100, 5, "IOC"), 2)
-    assert isinstance(ioc[-1], OrderCancelled)
+    assert isinstance(ioc[-1], OrderExpired)
     assert (ioc[-1].remaining, ioc[-1].reason) == (3, "ioc_remainder")
     assert list(book.depth("buy")) == []
     book.apply(place("b2", "buy", 99, 4), 3)
@@ -87,101 +91,108 @@ def test_level_changes_report_absolute_totals_and_removed_levels() -> None:
 
 # ---- property: the book against an obviously-correct reference model ------------------
 
-
-@dataclass
-class RefOrder:
-    oid: str
-    account: str
-    side: str
-    price: int
-    qty: int
-    arrival: int
-
-
-class ReferenceBook:
-    """Scan-everything matching: slow, short, and easy to check by eye."""
-
-    def __init__(self) -> None:
-        self.resting: list[RefOrder] = []
-        self.arrivals = 0
-        self.trades: list[tuple[int, int, str, str]] = []
-
-    def place(self, cmd: PlaceOrder) -> None:
-        if any(o.oid == cmd.order_id for o in self.resting):
-            return
-        remaining = cmd.qty
-        while remaining:
-            crossing = [o for o in self.resting if o.side != cmd.side and (
-                o.price <= cmd.price if cmd.side == "buy" else o.price >= cmd.price)]
-            if not crossing:
-                break
-            best = min(crossing, key=lambda o: (o.price if cmd.side == "buy" else -o.price,
-                                                o.arrival))
-            qty = min(remaining, best.qty)
-            self.trades.append((best.price, qty, best.oid, cmd.order_id))
-            best.qty -= qty
-            remaining -= qty
-            if best.qty == 0:
-                self.resting.remove(best)
-        if remaining and cmd.tif == "GTC":
-            self.arrivals += 1
-            self.resting.append(RefOrder(cmd.order_id, cmd.account_id, cmd.side, cmd.price,
-                                         remaining, self.arrivals))
-
-    def cancel(self, cmd: CancelOrder) -> None:
-        self.resting = [o for o in self.resting
-                        if not (o.oid == cmd.order_id and o.account == cmd.account_id)]
-
-    def depth(self, side: str) -> list[tuple[int, int]]:
-        totals: dict[int, int] = {}
-        for o in self.resting:
-            if o.side == side:
-                totals[o.price] = totals.get(o.price, 0) + o.qty
-        return sorted(totals.items(), reverse=(side == "buy"))
+order_ids = st.sampled_from([f"o{i}" for i in range(16)])
+accounts = st.sampled_from(["a", "b"])
+sides = st.sampled_from(["buy", "sell"])
+prices = st.integers(97, 103)
+sizes = st.integers(1, 10)
+stp_modes = st.sampled_from(["none", "none", "cancel_newest", "cancel_oldest", "cancel_both"])
+limit_orders = st.builds(
+    PlaceOrder, order_ids, accounts, sides, prices, sizes,
+    st.sampled_from(["GTC", "GTC", "GTC", "IOC", "FOK"]), st.just("limit"),
+    st.sampled_from([False, False, False, True]), stp_modes)
+market_orders = st.builds(
+    PlaceOrder, order_ids, accounts, sides, st.just(0), sizes, st.sampled_from(["IOC", "FOK"]),
+    st.just("market"), st.just(False), stp_modes)
+budget_orders = st.builds(
+    lambda oid, acct, budget, stp: PlaceOrder(oid, acct, "buy", 0, 0, "IOC", "market",
+                                              stp=stp, quote_qty=budget),
+    order_ids, accounts, st.integers(50, 3000), stp_modes)
+stop_orders = st.builds(
+    lambda oid, acct, side, kind, price, qty, stop: PlaceOrder(
+        oid, acct, side, price if kind == "stop_limit" else 0, qty, "GTC", kind,
+        stop_price=stop),
+    order_ids, accounts, sides, st.sampled_from(["stop_limit", "stop_market"]), prices, sizes,
+    prices)
 
 
-order_ids = st.sampled_from([f"o{i}" for i in range(30)])
+def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
+    """Pick a strategy with probability proportional to its weight."""
+    table = [strategy for weight, strategy in choices for _ in range(weight)]
+    return st.integers(0, len(table) - 1).flatmap(lambda i: table[i])
+
+
 commands = st.lists(
-    st.one_of(
-        st.builds(place, order_ids, st.sampled_from(["buy", "sell"]),
-                  st.integers(95, 105), st.integers(1, 10), st.sampled_from(["GTC", "IOC"]),
-                  st.sampled_from(["a", "b"])),
-        st.builds(CancelOrder, order_ids, st.sampled_from(["a", "b"])),
+    weighted(
+        (40, limit_orders), (6, market_orders), (4, budget_orders), (10, stop_orders),
+        (10, st.builds(CancelOrder, order_ids, accounts)),
+        (2, st.builds(CancelAll, accounts)),
+        (12, st.builds(AmendOrder, order_ids, accounts, st.integers(0, 12),
+                       st.sampled_from([0, 0, 95, 98, 100, 102, 105]))),
     ),
+    min_size=5,
     max_size=80,
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(commands)
-def test_book_matches_reference_model_and_conserves_quantity(cmds: list) -> None:
-    book, ref = OrderBook(), ReferenceBook()
+def run_both(cmds: list) -> tuple[OrderBook, ReferenceBook, list]:
+    book, ref = OrderBook(band_bps=500), ReferenceBook(band_bps=500)
     events = []
     for ts, cmd in enumerate(cmds):
         events += book.apply(cmd, ts)
-        if isinstance(cmd, PlaceOrder):
-            ref.place(cmd)
-        else:
-            ref.cancel(cmd)
-    assert trades(events) == ref.trades
-    assert list(book.depth("buy")) == ref.depth("buy")
-    assert list(book.depth("sell")) == ref.depth("sell")
-    best_bid, best_ask = book.best_bid(), book.best_ask()
-    assert best_bid is None or best_ask is None or best_bid < best_ask  # never crossed
-    # Every accepted lot is filled (counted on both sides), cancelled, or resting.
-    accepted = sum(e.qty for e in events if isinstance(e, OrderAccepted))
-    filled = 2 * sum(e.qty for e in events if isinstance(e, Trade))
-    cancelled = sum(e.remaining for e in events if isinstance(e, OrderCancelled))
-    resting = sum(o.remaining for o in book.orders.values())
-    assert accepted == filled + cancelled + resting
+        ref.apply(cmd)
+    return book, ref, events
+
+
+@settings(max_examples=400, deadline=None)
+@given(commands)
+def test_book_matches_reference_model_event_for_event(cmds: list) -> None:
+    book, ref, events = run_both(cmds)
+    assert reduce_events(events) == ref.events
+    assert book.depth("buy") == ref.depth("buy")
+    assert book.depth("sell") == ref.depth("sell")
+    assert set(book.stops) == {s.cmd.order_id for s in ref.stops}
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(commands)
+def test_book_is_never_crossed_and_every_lot_is_accounted_for(cmds: list) -> None:
+    book = OrderBook()
+    events = []
+    for ts, cmd in enumerate(cmds):
+        events += book.apply(cmd, ts)
+        best_bid, best_ask = book.best_bid(), book.best_ask()
+        assert best_bid is None or best_ask is None or best_bid < best_ask
+    # Per order placed by quantity and never amended:
+    # placed = filled (as maker or taker) + cancelled + expired + resting + waiting stop.
+    placed: dict[str, int] = {}
+    amended: set[str] = set()
+    accounted: dict[str, int] = {}
+    for e in events:
+        if isinstance(e, OrderAccepted) and not e.quote_qty:
+            placed[e.order_id] = placed.get(e.order_id, 0) + e.qty
+        elif isinstance(e, OrderAmended):
+            amended.add(e.order_id)
+        elif isinstance(e, Trade):
+            for order_id in (e.maker_order_id, e.taker_order_id):
+                accounted[order_id] = accounted.get(order_id, 0) + e.qty
+        elif isinstance(e, OrderCancelled | OrderExpired):
+            accounted[e.order_id] = accounted.get(e.order_id, 0) + e.remaining
+    for order in book.orders.values():
+        accounted[order.order_id] = accounted.get(order.order_id, 0) + order.remaining
+    for order_id, (cmd, _) in book.stops.items():
+        accounted[order_id] = accounted.get(order_id, 0) + cmd.qty
+    reused = {oid for oid in placed if sum(
+        1 for e in events if isinstance(e, OrderAccepted) and e.order_id == oid) > 1}
+    for order_id, qty in placed.items():
+        if order_id not in amended and order_id not in reused:
+            assert accounted.get(order_id, 0) == qty, order_id
 
 
 @settings(max_examples=100, deadline=None)
 @given(commands)
 def test_replaying_the_same_commands_gives_identical_events(cmds: list) -> None:
-    from services.common.messages import encode
-
     first, second = OrderBook(), OrderBook()
     assert encode([e for ts, c in enumerate(cmds) for e in first.apply(c, ts)]) == \
         encode([e for ts, c in enumerate(cmds) for e in second.apply(c, ts)])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from importlib import resources
 from typing import Annotated
 
@@ -22,7 +24,8 @@ from services.api.settings import ApiSettings
 from services.common import keys
 from services.common.book_cache import book_checksum, read_book, wire_levels
 from services.common.errors import ExchangeError
-from services.common.pairs import Markets, load_markets
+from services.common.intervals import INTERVALS_MS
+from services.common.pairs import Markets, Pair, load_markets
 from services.common.redis_conn import connect
 from services.common.tracing import setup_tracing
 
@@ -34,6 +37,30 @@ Account = Annotated[str, Depends(signed_account)]
 
 def _error(code: str, message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _positive(raw: bytes | None) -> bool:
+    return raw is not None and int(raw) > 0
+
+
+def _price_or_none(pair: Pair, raw: bytes | None) -> str | None:
+    return pair.format_price(int(raw)) if _positive(raw) else None
+
+
+def rolling_24h(pair: Pair, bars: list[dict[str, object]]) -> dict[str, str | None]:
+    """open/high/low/volume over the given 1-minute bars (wire dicts, oldest first)."""
+    if not bars:
+        return {"open_24h": None, "high_24h": None, "low_24h": None,
+                "vol_24h": pair.format_qty(0), "quote_vol_24h": pair.quote.format(0)}
+    highs = [Decimal(str(bar["h"])) for bar in bars]
+    lows = [Decimal(str(bar["l"])) for bar in bars]
+    return {
+        "open_24h": str(bars[0]["o"]),
+        "high_24h": bars[highs.index(max(highs))]["h"],
+        "low_24h": bars[lows.index(min(lows))]["l"],
+        "vol_24h": f"{sum(Decimal(str(b['v'])) for b in bars):.{pair.qty_decimals}f}",
+        "quote_vol_24h": f"{sum(Decimal(str(b['qv'])) for b in bars):.{pair.quote.decimals}f}",
+    }  # type: ignore[return-value]
 
 
 def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI:
@@ -136,6 +163,49 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
                                                      limit - 1)
         # Stored as wire JSON by the engine's commit, newest first: no re-encoding.
         return Response(b"[" + b",".join(items) + b"]", media_type="application/json")
+
+    @app.get("/api/v1/markets/{symbol}/candles", tags=["public"])
+    async def candles(request: Request, symbol: str, interval: str = "1m",
+                      start: Annotated[int | None, Query(ge=0)] = None,
+                      end: Annotated[int | None, Query(ge=0)] = None,
+                      limit: Annotated[int, Query(ge=1, le=1500)] = 500) -> Response:
+        """Bars oldest first. With `start`, the first `limit` bars from it; without,
+        the latest `limit` bars up to `end` (or now)."""
+        pair = markets.pair(symbol)
+        if interval not in INTERVALS_MS:
+            raise ExchangeError("INVALID_INTERVAL", f"interval must be one of "
+                                f"{', '.join(INTERVALS_MS)}")
+        key = keys.PairKeys(pair.symbol).candles(interval)
+        redis = request.app.state.redis
+        high = "+inf" if end is None else end
+        if start is None:
+            items = (await redis.zrevrangebyscore(key, high, "-inf", start=0, num=limit))[::-1]
+        else:
+            items = await redis.zrangebyscore(key, start, high, start=0, num=limit)
+        return Response(b"[" + b",".join(items) + b"]", media_type="application/json")
+
+    @app.get("/api/v1/markets/{symbol}/ticker", tags=["public"])
+    async def ticker(request: Request, symbol: str) -> dict[str, object]:
+        """Last price and top of book as of the last commit; 24h figures rolled over
+        the 1-minute bars of the last 24 hours."""
+        pair = markets.pair(symbol)
+        pair_keys = keys.PairKeys(pair.symbol)
+        now = int(time.time() * 1000)
+        window_start = now - now % 60_000 - 1439 * 60_000
+        pipe = request.app.state.redis.pipeline(transaction=True)
+        pipe.hmget(pair_keys.state, "last_price", "best_bid", "best_bid_qty", "best_ask",
+                   "best_ask_qty")
+        pipe.zrangebyscore(pair_keys.candles("1m"), window_start, "+inf")
+        (last, bid, bid_qty, ask, ask_qty), bars = await pipe.execute()
+        return {
+            "symbol": pair.symbol,
+            "last": _price_or_none(pair, last),
+            "bid": _price_or_none(pair, bid),
+            "bid_qty": pair.format_qty(int(bid_qty)) if _positive(bid) else None,
+            "ask": _price_or_none(pair, ask),
+            "ask_qty": pair.format_qty(int(ask_qty)) if _positive(ask) else None,
+            **rolling_24h(pair, [json.loads(bar) for bar in bars]),
+        }
 
     # ---- trading (signed) -------------------------------------------------------------
 

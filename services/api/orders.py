@@ -51,6 +51,8 @@ class OrderService:
             raise ExchangeError("INVALID_REQUEST", "a limit order needs price and qty")
         ticks = pair.price_to_ticks(price)
         lots = pair.qty_to_lots(qty)
+        last = await self.redis.hget(keys.PairKeys(pair.symbol).state, "last_price")
+        pair.check_price_band(ticks, int(last) if last and int(last) else None)
         notional = pair.notional_units(ticks, lots)
         if notional < pair.min_notional_units:
             raise ExchangeError("MIN_NOTIONAL", f"price * qty must be at least {pair.min_notional}")

@@ -31,6 +31,10 @@ class PairKeys:
         self.md = f"{tag}:md"  # sharded pub/sub channel of market data
         self.lease = f"{tag}:lease"  # the writer's lease and fencing token
 
+    def candles(self, interval: str) -> str:
+        """Bars of one interval: a sorted set scored by bar start, members wire JSON."""
+        return "{" + self.symbol + "}:candles:" + interval
+
 
 class AccountKeys:
     """Keys and the private update channel of one account, all in one slot."""

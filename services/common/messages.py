@@ -187,6 +187,20 @@ class TradeTick(msgspec.Struct, frozen=True, array_like=True):
     ts: int
 
 
+class CandleTick(msgspec.Struct, frozen=True, array_like=True):
+    """A bar as it stands after the batch: prices in ticks, `v` lots, `qv` quote units."""
+
+    interval: str
+    t: int
+    o: int
+    h: int
+    l: int  # noqa: E741 - the field name of every OHLC format
+    c: int
+    v: int
+    qv: int
+    n: int
+
+
 class MarketDataUpdate(msgspec.Struct, frozen=True, array_like=True):
     """What one engine batch changed. Book levels are absolute lots; 0 removes a level.
 
@@ -201,6 +215,7 @@ class MarketDataUpdate(msgspec.Struct, frozen=True, array_like=True):
     bids: list[tuple[int, int]]
     asks: list[tuple[int, int]]
     trades: list[TradeTick]
+    candles: list[CandleTick] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -81,6 +81,11 @@ class Pair:
     min_notional: Decimal
     price_decimals: int
     qty_decimals: int
+    # Market orders fill at most this far (basis points) from the last trade price, or
+    # from the best opposite price before the first trade.
+    market_band_bps: int = 500
+    # Limit and stop prices further than this from the last trade price are refused.
+    price_band_bps: int = 5000
 
     def __post_init__(self) -> None:
         # Fail at load, not at the first trade, if a notional could be inexact.
@@ -138,6 +143,17 @@ class Pair:
             raise ExchangeError("QTY_TOO_LARGE", f"qty must be at most {self.max_qty}")
         return lots
 
+    def check_price_band(self, ticks: int, last_ticks: int | None) -> None:
+        """PRICE_OUT_OF_BAND unless `ticks` is within the band around the last trade."""
+        if last_ticks is None:
+            return
+        move = last_ticks * self.price_band_bps // 10_000
+        if not last_ticks - move <= ticks <= last_ticks + move:
+            raise ExchangeError(
+                "PRICE_OUT_OF_BAND",
+                f"price must be within {self.price_band_bps / 100:g}% of the last trade "
+                f"({self.format_price(last_ticks)})")
+
     def notional_units(self, ticks: int, lots: int) -> int:
         """Quote units paid for `lots` at `ticks`: exact by construction."""
         return ticks * lots * self.quote_units_per_tick_lot
@@ -164,6 +180,8 @@ class Pair:
             "min_notional": str(self.min_notional),
             "price_decimals": self.price_decimals,
             "qty_decimals": self.qty_decimals,
+            "market_band_bps": self.market_band_bps,
+            "price_band_bps": self.price_band_bps,
         }
 
 
@@ -206,6 +224,8 @@ def parse_markets(document: dict) -> Markets:
             min_notional=Decimal(spec["min_notional"]),
             price_decimals=int(spec["price_decimals"]),
             qty_decimals=int(spec["qty_decimals"]),
+            market_band_bps=int(spec.get("market_band_bps", Pair.market_band_bps)),
+            price_band_bps=int(spec.get("price_band_bps", Pair.price_band_bps)),
         )
     return Markets(assets=assets, pairs=pairs)
 

@@ -1,10 +1,13 @@
 -- Commit one engine batch atomically on the pair's slot (DESIGN §5).
--- KEYS: 1 state, 2 events, 3 bids, 4 asks, 5 inbox, 6 trades, 7 md channel
--- ARGV: 1 expected previous event seq (fencing: another writer moved the pair on),
---       2 consumer group, 3 last input id, 4 event seq after the batch, 5 md seq,
---       6 trade id, 7 events blob ('' = none), 8 md blob ('' = none), 9 trade history cap,
---       then: n ids, ids..., n bid levels, (price, lots)..., n ask levels, (price, lots)...,
---       n trades, wire trades (oldest first)...
+-- KEYS: 1 state, 2 events, 3 bids, 4 asks, 5 inbox, 6 trades, 7 md channel,
+--       8.. candles of each interval (sorted sets scored by bar start)
+-- ARGV: 1 expected event seq before the batch (fencing: if another writer moved the
+--       pair on, nothing is written), 2 consumer group, 3 events blob ('' = none),
+--       4 md blob ('' = none), 5 trades kept, 6 bars kept per interval,
+--       then: n state fields, (field, value)...; n input ids, ids...;
+--       n bid levels, (price, lots)...; n ask levels, (price, lots)...;
+--       n trades, wire trades (oldest first)...; n bars, (key index, start, wire bar)...
+-- The state fields include event_seq (the seq of the batch's last event).
 local state, events, bids, asks, inbox, trades, md = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local current = redis.call('HGET', state, 'event_seq') or '0'
 if current ~= ARGV[1] then
@@ -14,8 +17,11 @@ end
 local function in_chunks(first, last, call)
   for s = first, last, 1000 do call(s, math.min(s + 999, last)) end
 end
-local i = 10
+local i = 7
 local n = tonumber(ARGV[i]); i = i + 1
+local state_first, state_last = i, i + 2 * n - 1
+i = i + 2 * n
+n = tonumber(ARGV[i]); i = i + 1
 in_chunks(i, i + n - 1, function(a, b) redis.call('XACK', inbox, ARGV[2], unpack(ARGV, a, b)) end)
 i = i + n
 for _, book in ipairs({bids, asks}) do
@@ -32,14 +38,22 @@ end
 n = tonumber(ARGV[i]); i = i + 1
 if n > 0 then
   in_chunks(i, i + n - 1, function(a, b) redis.call('LPUSH', trades, unpack(ARGV, a, b)) end)
-  redis.call('LTRIM', trades, 0, tonumber(ARGV[9]) - 1)
+  redis.call('LTRIM', trades, 0, tonumber(ARGV[5]) - 1)
 end
-if ARGV[7] ~= '' then
-  redis.call('XADD', events, '*', 'seq', ARGV[4], 'e', ARGV[7])
+i = i + n
+n = tonumber(ARGV[i]); i = i + 1
+for j = i, i + 3 * n - 1, 3 do
+  -- A bar is replaced whole: one member per start time.
+  local key = KEYS[tonumber(ARGV[j])]
+  redis.call('ZREMRANGEBYSCORE', key, ARGV[j + 1], ARGV[j + 1])
+  redis.call('ZADD', key, ARGV[j + 1], ARGV[j + 2])
+  redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(ARGV[6]) - 1)
 end
-redis.call('HSET', state, 'event_seq', ARGV[4], 'md_seq', ARGV[5], 'trade_id', ARGV[6],
-  'last_input_id', ARGV[3])
-if ARGV[8] ~= '' then
-  redis.call('SPUBLISH', md, ARGV[8])
+if ARGV[3] ~= '' then
+  redis.call('XADD', events, '*', 'seq', ARGV[state_first + 1], 'e', ARGV[3])
+end
+redis.call('HSET', state, unpack(ARGV, state_first, state_last))
+if ARGV[4] ~= '' then
+  redis.call('SPUBLISH', md, ARGV[4])
 end
 return 1

@@ -17,7 +17,9 @@ import msgspec
 from redis.exceptions import RedisError, ResponseError
 
 from services.common import keys
+from services.common.intervals import INTERVALS_MS
 from services.common.messages import (
+    CandleTick,
     Command,
     Event,
     MarketDataUpdate,
@@ -29,11 +31,17 @@ from services.common.messages import (
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.engine.book import OrderBook
+from services.engine.candles import Bar, Candles
 
 log = logging.getLogger("exchange.engine")
 
 TRADE_HISTORY = 1000  # trades kept for GET /markets/{symbol}/trades
+CANDLE_HISTORY = 5000  # bars kept per interval
 _COMMIT_LUA = resources.files("services.engine").joinpath("commit.lua").read_text()
+
+
+# Lua KEYS index of each interval's candle key (after the 7 fixed keys).
+_CANDLE_KEY_INDEX = {interval: 8 + i for i, interval in enumerate(INTERVALS_MS)}
 
 
 def entry_time_ms(entry_id: bytes) -> int:
@@ -52,7 +60,8 @@ class Engine:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.consumer = f"engine-{pair.symbol}"
-        self.book = OrderBook()
+        self.book = OrderBook(band_bps=pair.market_band_bps)
+        self.candles = Candles()
         self.md_seq = 0
         self.epoch = ""
         self._commit = redis.register_script(_COMMIT_LUA)
@@ -74,7 +83,8 @@ class Engine:
                  for key, value in (await self.redis.hgetall(k.state)).items()}
         self.epoch = state["epoch"]
         self.md_seq = int(state.get("md_seq", 0))
-        self.book = OrderBook()
+        self.book = OrderBook(band_bps=self.pair.market_band_bps)
+        self.candles = Candles()
         last_input = state.get("last_input_id")
         if last_input:
             start = "-"
@@ -86,6 +96,7 @@ class Engine:
                     break
                 start = "(" + entries[-1][0].decode()
         self.book.take_level_changes()
+        self.candles.take_changed()
         expected = int(state.get("event_seq", 0))
         if self.book.last_seq != expected:
             raise RuntimeError(
@@ -103,7 +114,12 @@ class Engine:
             # (and acknowledged) the same way on every replay, so state stays consistent.
             log.error("%s: skipping malformed input %s", self.pair.symbol, entry_id)
             return []
-        return self.book.apply(command, entry_time_ms(entry_id))
+        events = self.book.apply(command, entry_time_ms(entry_id))
+        for event in events:
+            if isinstance(event, Trade):
+                self.candles.on_trade(event.ts, event.price, event.qty,
+                                      self.pair.notional_units(event.price, event.qty))
+        return events
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -150,6 +166,7 @@ class Engine:
             events.extend(self._apply(entry_id, fields))
         bids, asks = self.book.take_level_changes()
         trades = [e for e in events if isinstance(e, Trade)]
+        bars = self.candles.take_changed()
         ts = entry_time_ms(entries[-1][0])
         md_blob = b""
         md_seq = self.md_seq
@@ -159,10 +176,21 @@ class Engine:
                 seq=md_seq, prev_seq=md_seq - 1, ts=ts, epoch=self.epoch,
                 bids=list(bids.items()), asks=list(asks.items()),
                 trades=[TradeTick(t.trade_id, t.price, t.qty, t.taker_side, t.ts) for t in trades],
+                candles=[CandleTick(b.interval, b.t, b.o, b.h, b.l, b.c, b.v, b.qv, b.n)
+                         for b in bars],
             ))
+        book = self.book
+        best_bid, best_ask = book.best_bid(), book.best_ask()
+        state = {  # event_seq first: the script reads it as the events entry's seq
+            "event_seq": book.last_seq, "md_seq": md_seq, "trade_id": book.last_trade_id,
+            "last_input_id": entries[-1][0], "last_price": book.last_price or 0,
+            "best_bid": best_bid or 0, "best_bid_qty": book.bids[best_bid].total if best_bid else 0,
+            "best_ask": best_ask or 0, "best_ask_qty": book.asks[best_ask].total if best_ask else 0,
+        }
         args: list[bytes | str | int] = [
-            previous_seq, keys.ENGINE_GROUP, entries[-1][0], self.book.last_seq, md_seq,
-            self.book.last_trade_id, encode(events) if events else b"", md_blob, TRADE_HISTORY,
+            previous_seq, keys.ENGINE_GROUP, encode(events) if events else b"", md_blob,
+            TRADE_HISTORY, CANDLE_HISTORY, len(state),
+            *(x for item in state.items() for x in item),
             len(entries), *(entry_id for entry_id, _ in entries),
         ]
         for levels in (bids, asks):
@@ -171,10 +199,23 @@ class Engine:
                 args += (price, lots)
         args.append(len(trades))
         args += (self._wire_trade(t) for t in trades)
+        args.append(len(bars))
+        for bar in bars:
+            args += (_CANDLE_KEY_INDEX[bar.interval], bar.t, self._wire_bar(bar))
         k = self.keys
-        await self._commit(keys=[k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md],
-                           args=args)
+        await self._commit(
+            keys=[k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md,
+                  *(k.candles(interval) for interval in INTERVALS_MS)],
+            args=args)
         self.md_seq = md_seq
+
+    def _wire_bar(self, bar: Bar) -> bytes:
+        pair = self.pair
+        return self._json.encode({
+            "t": bar.t, "o": pair.format_price(bar.o), "h": pair.format_price(bar.h),
+            "l": pair.format_price(bar.l), "c": pair.format_price(bar.c),
+            "v": pair.format_qty(bar.v), "qv": pair.quote.format(bar.qv), "n": bar.n,
+        })
 
     def _wire_trade(self, trade: Trade) -> bytes:
         return self._json.encode({

@@ -20,7 +20,7 @@ async def test_order_command_carries_the_callers_trace(stack: LocalExchange,
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     trader.http.headers["traceparent"] = f"00-{trace_id}-00f067aa0ba902b7-01"
     try:
-        order = await trader.place_order("ETH-USD", "sell", "9999.00", "0.010")
+        order = await trader.place_order("ETH-USD", "sell", "3500.00", "0.010")
     finally:
         del trader.http.headers["traceparent"]
     redis = await connect(stack.redis_url)

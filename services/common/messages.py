@@ -162,6 +162,16 @@ class CancelRejected(_Message, tag="cancel_rejected"):
     reason: str
 
 
+class DuplicateIgnored(_Message, tag="duplicate"):
+    """A placement whose order id was already used: a re-sent command. Nothing changes,
+    and settlement must not touch the first order of that id."""
+
+    seq: int
+    ts: int
+    order_id: str
+    account_id: str
+
+
 class AmendRejected(_Message, tag="amend_rejected"):
     """An amend that could not be applied; the order is unchanged."""
 
@@ -173,7 +183,7 @@ class AmendRejected(_Message, tag="amend_rejected"):
 
 
 Event = (OrderAccepted | OrderRejected | Trade | OrderCancelled | OrderExpired | OrderAmended
-         | OrderTriggered | CancelRejected | AmendRejected)
+         | OrderTriggered | CancelRejected | AmendRejected | DuplicateIgnored)
 
 
 # ---- market data (engine -> gateways), one message per committed batch -------------

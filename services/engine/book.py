@@ -23,6 +23,7 @@ from services.common.messages import (
     CancelOrder,
     CancelRejected,
     Command,
+    DuplicateIgnored,
     Event,
     OrderAccepted,
     OrderAmended,
@@ -35,6 +36,9 @@ from services.common.messages import (
 )
 
 DEFAULT_BAND_BPS = 500  # market orders fill within 5 % of the reference price
+# Order ids remembered to refuse a re-sent placement (ids are unique per order, so a
+# repeat is the same command delivered twice). Bounded, and rebuilt by replay.
+REMEMBERED_IDS = 200_000
 
 
 class RestingOrder:
@@ -75,6 +79,7 @@ class OrderBook:
         self._arrivals = 0
         self._triggered: deque[str] = deque()
         self.by_account: dict[str, dict[str, None]] = {}  # open order ids, oldest first
+        self._seen_ids: dict[str, None] = {}  # insertion-ordered, capped at REMEMBERED_IDS
         self.last_price: int | None = None
         self.last_seq = 0  # seq of the last event emitted
         self.last_trade_id = 0
@@ -115,6 +120,14 @@ class OrderBook:
                                          reason))  # type: ignore[arg-type]
 
     def _place(self, cmd: PlaceOrder) -> None:
+        seen = self._seen_ids
+        if cmd.order_id in seen:
+            self._events.append(DuplicateIgnored(self._seq(), self._ts, cmd.order_id,
+                                                 cmd.account_id))
+            return
+        seen[cmd.order_id] = None
+        if len(seen) > REMEMBERED_IDS:
+            del seen[next(iter(seen))]
         reason = self._invalid(cmd)
         if reason:
             self._reject(cmd, reason)
@@ -141,18 +154,18 @@ class OrderBook:
         self._execute(cmd)
 
     def _invalid(self, cmd: PlaceOrder) -> str | None:
-        if cmd.order_id in self.orders or cmd.order_id in self.stops:
-            return "DUPLICATE_ORDER_ID"
         limit_priced = cmd.type in ("limit", "stop_limit")
         if limit_priced and cmd.price <= 0:
             return "INVALID_PRICE"
         if not limit_priced and cmd.price:
             return "INVALID_PRICE"
         if cmd.quote_qty:
-            if cmd.qty or cmd.side != "buy" or cmd.type not in ("market", "stop_market"):
+            # A budget: alone it is what a market buy spends; with a qty, the most it may.
+            if cmd.quote_qty < 0 or cmd.side != "buy" or cmd.type not in ("market",
+                                                                          "stop_market"):
                 return "INVALID_QUOTE_QTY"
-            if cmd.quote_qty < 0:
-                return "INVALID_QUOTE_QTY"
+            if cmd.qty < 0:
+                return "INVALID_QTY"
         elif cmd.qty <= 0:
             return "INVALID_QTY"
         if cmd.type in ("stop_limit", "stop_market") and cmd.stop_price <= 0:
@@ -190,8 +203,8 @@ class OrderBook:
         remaining, stopped_by = self._match(cmd, limit, qty)
         if stopped_by == "filled":
             return
-        if cmd.quote_qty:
-            remaining = 0  # what a budget order leaves is money, not lots: nothing rests
+        if not cmd.qty:
+            remaining = 0  # a pure budget order leaves money, not lots: nothing rests
         if stopped_by == "stp":
             self._expire(cmd.order_id, cmd.account_id, remaining, "stp")
         elif market:
@@ -203,13 +216,14 @@ class OrderBook:
             self._expire(cmd.order_id, cmd.account_id, remaining, "ioc_remainder")
 
     def _match(self, cmd: PlaceOrder, limit: int, qty: int) -> tuple[int, str]:
-        """Fill against the opposite side up to `limit`. Returns what is left (lots, or
-        for a budget order the unspent budget) and why matching stopped."""
+        """Fill against the opposite side up to `limit` (and within the order's budget,
+        if it has one). Returns the lots left and why matching stopped."""
         buying = cmd.side == "buy"
         book = self.asks if buying else self.bids
         changed = self._changed_asks if buying else self._changed_bids
-        budget = cmd.quote_qty  # a market buy by quote amount spends this instead
-        remaining = budget if budget and not qty else qty
+        budget = cmd.quote_qty  # tick*lot units still to spend; 0 = no budget
+        capped = budget > 0
+        remaining = qty if qty else -1  # -1: lots unbounded, only the budget limits
         stp = cmd.stp
         events = self._events
         while book:
@@ -228,17 +242,16 @@ class OrderBook:
                             del book[price]
                         return remaining, "stp"
                     continue
-                if budget:
-                    fill = min(remaining // price, maker.remaining)
+                fill = maker.remaining if remaining < 0 else min(remaining, maker.remaining)
+                if capped:
+                    fill = min(fill, budget // price)
                     if fill == 0:
                         changed[price] = level.total
                         return remaining, "market_remainder"
-                    remaining -= fill * price
-                    taker_done = remaining < price
-                else:
-                    fill = min(remaining, maker.remaining)
+                    budget -= fill * price
+                if remaining > 0:
                     remaining -= fill
-                    taker_done = remaining == 0
+                taker_done = remaining == 0 or (capped and budget < price)
                 maker.remaining -= fill
                 level.total -= fill
                 self.last_trade_id += 1
@@ -258,7 +271,7 @@ class OrderBook:
                     changed[price] = level.total
                     if not orders:
                         del book[price]
-                    return remaining, "filled"
+                    return max(remaining, 0), "filled"
             changed[price] = level.total
             del book[price]
         return remaining, "no_liquidity"

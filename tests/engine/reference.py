@@ -35,15 +35,13 @@ class ReferenceBook:
         self.events: list[tuple] = []
         self.queue: list[str] = []  # triggered stop ids, in trigger order
         self.fired_pending: dict[str, Stop] = {}
+        self.used_ids: set[str] = set()
 
     # ---- helpers ----------------------------------------------------------------------
 
     def _next_arrival(self) -> int:
         self.arrivals += 1
         return self.arrivals
-
-    def _open_ids(self) -> set[str]:
-        return {r.cmd.order_id for r in self.resting} | {s.cmd.order_id for s in self.stops}
 
     def _opposite(self, side: str) -> list[Resting]:
         """Opposite orders in priority order: best price, then arrival."""
@@ -80,15 +78,14 @@ class ReferenceBook:
             self.fire(self.queue.pop(0))
 
     def valid(self, c: PlaceOrder) -> str | None:
-        if c.order_id in self._open_ids():
-            return "DUPLICATE_ORDER_ID"
         priced = c.type in ("limit", "stop_limit")
         if (priced and c.price <= 0) or (not priced and c.price):
             return "INVALID_PRICE"
         if c.quote_qty:
-            if c.qty or c.side != "buy" or c.type not in ("market", "stop_market") \
-                    or c.quote_qty < 0:
+            if c.quote_qty < 0 or c.side != "buy" or c.type not in ("market", "stop_market"):
                 return "INVALID_QUOTE_QTY"
+            if c.qty < 0:
+                return "INVALID_QTY"
         elif c.qty <= 0:
             return "INVALID_QTY"
         stop = c.type.startswith("stop")
@@ -106,6 +103,10 @@ class ReferenceBook:
                                    else opposite[0].cmd.price >= price)
 
     def place(self, c: PlaceOrder) -> None:
+        if c.order_id in self.used_ids:
+            self.events.append(("duplicate", c.order_id))
+            return
+        self.used_ids.add(c.order_id)
         reason = self.valid(c)
         if reason is None and c.post_only and self.crosses(c.side, c.price):
             reason = "POST_ONLY_WOULD_TAKE"
@@ -152,8 +153,8 @@ class ReferenceBook:
             if available < qty:
                 self.events.append(("expired", c.order_id, qty, "fok_unfilled"))
                 return
-        budget = c.quote_qty
-        left = budget if budget else qty
+        budget = c.quote_qty  # 0 = no budget
+        left = qty  # 0 with a budget = as many lots as the budget buys
         stopped = "no_liquidity"
         while True:
             opposite = self._opposite(c.side)
@@ -173,26 +174,29 @@ class ReferenceBook:
                     break
                 continue
             price = maker.cmd.price
-            fill = min(left // price if budget else left, maker.remaining)
-            if fill == 0:
-                stopped = "market_remainder"
-                break
-            left -= fill * price if budget else fill
+            fill = maker.remaining if not qty else min(left, maker.remaining)
+            if budget:
+                fill = min(fill, budget // price)
+                if fill == 0:
+                    stopped = "market_remainder"
+                    break
+                budget -= fill * price
+            if qty:
+                left -= fill
             maker.remaining -= fill
             self.last_price = price
-            done = left < price if budget else left == 0
+            done = (qty and left == 0) or (c.quote_qty and budget < price)
             self.events.append(("trade", price, fill, maker.cmd.order_id, c.order_id,
-                                maker.remaining == 0, done))
+                                maker.remaining == 0, bool(done)))
             if maker.remaining == 0:
                 self.resting.remove(maker)
             self.collect_triggers(price)
             if done:
                 return
-        lots_left = 0 if budget else left
         if stopped == "stp":
-            self.events.append(("expired", c.order_id, lots_left, "stp"))
+            self.events.append(("expired", c.order_id, left, "stp"))
         elif market:
-            self.events.append(("expired", c.order_id, lots_left, stopped))
+            self.events.append(("expired", c.order_id, left, stopped))
         elif c.tif == "GTC":
             self.resting.append(Resting(c, left, self._next_arrival()))
         else:
@@ -287,6 +291,8 @@ def reduce_events(events: list) -> list[tuple]:
             out.append(("triggered", e.order_id, e.last_price))
         elif kind == "CancelRejected":
             out.append(("cancel_rejected", e.order_id))
+        elif kind == "DuplicateIgnored":
+            out.append(("duplicate", e.order_id))
         elif kind == "AmendRejected":
             out.append(("amend_rejected", e.order_id, e.reason))
         else:

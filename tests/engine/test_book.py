@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.common import order_status
 from services.common.messages import (
     AmendOrder,
     CancelAll,
     CancelOrder,
     CancelRejected,
+    DuplicateIgnored,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
     OrderExpired,
-    OrderRejected,
     PlaceOrder,
     Trade,
     encode,
 )
+from services.common.order_status import TERMINAL, OrderState, orders_of
 from services.engine.book import OrderBook
 from tests.engine.reference import ReferenceBook, reduce_events
 
@@ -70,12 +73,14 @@ def test_cancel_removes_only_own_open_order() -> None:
     assert isinstance(again[0], CancelRejected)
 
 
-def test_duplicate_order_id_is_rejected_without_touching_the_book() -> None:
+def test_a_resent_placement_is_ignored_even_after_its_order_ended() -> None:
     book = OrderBook()
     book.apply(place("x", "buy", 99, 4), 1)
-    events = book.apply(place("x", "sell", 90, 4), 2)
-    assert [type(e) for e in events] == [OrderRejected]
-    assert list(book.depth("buy")) == [(99, 4)]
+    assert [type(e) for e in book.apply(place("x", "sell", 90, 4), 2)] == [DuplicateIgnored]
+    assert book.depth("buy") == [(99, 4)]
+    book.apply(CancelOrder("x", "a"), 3)
+    assert [type(e) for e in book.apply(place("x", "buy", 99, 4), 4)] == [DuplicateIgnored]
+    assert book.depth("buy") == []
 
 
 def test_level_changes_report_absolute_totals_and_removed_levels() -> None:
@@ -104,10 +109,10 @@ limit_orders = st.builds(
 market_orders = st.builds(
     PlaceOrder, order_ids, accounts, sides, st.just(0), sizes, st.sampled_from(["IOC", "FOK"]),
     st.just("market"), st.just(False), stp_modes)
-budget_orders = st.builds(
-    lambda oid, acct, budget, stp: PlaceOrder(oid, acct, "buy", 0, 0, "IOC", "market",
-                                              stp=stp, quote_qty=budget),
-    order_ids, accounts, st.integers(50, 3000), stp_modes)
+budget_orders = st.builds(  # by quote amount alone, or a quantity with a spending cap
+    lambda oid, acct, qty, budget, stp: PlaceOrder(oid, acct, "buy", 0, qty, "IOC", "market",
+                                                   stp=stp, quote_qty=budget),
+    order_ids, accounts, st.sampled_from([0, 0, 3, 8]), st.integers(50, 3000), stp_modes)
 stop_orders = st.builds(
     lambda oid, acct, side, kind, price, qty, stop: PlaceOrder(
         oid, acct, side, price if kind == "stop_limit" else 0, qty, "GTC", kind,
@@ -122,17 +127,36 @@ def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
     return st.integers(0, len(table) - 1).flatmap(lambda i: table[i])
 
 
+
+
+def unique_placements(cmds: list) -> list:
+    """Give every placement its own id and point cancels and amends at earlier ones, as
+    the API does (ids are never reused)."""
+    placed: list[str] = []
+    out = []
+    for cmd in cmds:
+        if isinstance(cmd, PlaceOrder):
+            placed.append(f"p{len(placed)}")
+            out.append(msgspec.structs.replace(cmd, order_id=placed[-1]))
+        elif isinstance(cmd, CancelOrder | AmendOrder) and placed:
+            target = placed[int(cmd.order_id[1:]) % len(placed)]
+            out.append(msgspec.structs.replace(cmd, order_id=target))
+        else:
+            out.append(cmd)
+    return out
+
+
 commands = st.lists(
     weighted(
         (40, limit_orders), (6, market_orders), (4, budget_orders), (10, stop_orders),
         (10, st.builds(CancelOrder, order_ids, accounts)),
         (2, st.builds(CancelAll, accounts)),
         (12, st.builds(AmendOrder, order_ids, accounts, st.integers(0, 12),
-                       st.sampled_from([0, 0, 95, 98, 100, 102, 105]))),
+                       st.sampled_from([0, 0, 97, 99, 100, 101, 103]))),
     ),
     min_size=5,
     max_size=80,
-)
+).map(unique_placements)
 
 
 def run_both(cmds: list) -> tuple[OrderBook, ReferenceBook, list]:
@@ -183,11 +207,27 @@ def test_book_is_never_crossed_and_every_lot_is_accounted_for(cmds: list) -> Non
         accounted[order.order_id] = accounted.get(order.order_id, 0) + order.remaining
     for order_id, (cmd, _) in book.stops.items():
         accounted[order_id] = accounted.get(order_id, 0) + cmd.qty
-    reused = {oid for oid in placed if sum(
-        1 for e in events if isinstance(e, OrderAccepted) and e.order_id == oid) > 1}
     for order_id, qty in placed.items():
-        if order_id not in amended and order_id not in reused:
+        if order_id not in amended:
             assert accounted.get(order_id, 0) == qty, order_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(commands)
+def test_every_order_follows_the_state_machine(cmds: list) -> None:
+    book = OrderBook()
+    states: dict[str, OrderState] = {}
+    for ts, cmd in enumerate(cmds):
+        for event in book.apply(cmd, ts):
+            for order_id in orders_of(event):
+                current = states.get(order_id, OrderState.RECEIVED)
+                states[order_id] = order_status.apply(current, event, order_id)
+    for order_id in book.orders:
+        assert states[order_id] in (OrderState.NEW, OrderState.PARTIALLY_FILLED)
+    for order_id in book.stops:
+        assert states[order_id] is OrderState.WAITING
+    ended = {oid for oid, state in states.items() if state in TERMINAL}
+    assert not ended & (set(book.orders) | set(book.stops))
 
 
 @settings(max_examples=100, deadline=None)

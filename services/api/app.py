@@ -19,7 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.api.accounts import AccountStore
 from services.api.auth import operator, signed_account
 from services.api.orders import OrderService
-from services.api.schemas import DepositRequest, OrderRequest
+from services.api.schemas import (
+    AmendRequest,
+    DepositRequest,
+    MarketStatusRequest,
+    OrderRequest,
+)
 from services.api.settings import ApiSettings
 from services.common import keys
 from services.common.book_cache import book_checksum, read_book, wire_levels
@@ -140,9 +145,18 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
     async def server_time() -> dict[str, int]:
         return {"server_time": int(time.time() * 1000)}
 
+    async def market_statuses(redis) -> dict[str, str]:
+        statuses = {}
+        for symbol in markets.pairs:
+            raw = await redis.hget(keys.PairKeys(symbol).state, "status")
+            statuses[symbol] = raw.decode() if raw else "trading"
+        return statuses
+
     @app.get("/api/v1/markets", tags=["public"])
-    async def list_markets() -> list[dict[str, object]]:
-        return [{**pair.to_wire(), "status": "trading"} for pair in markets.pairs.values()]
+    async def list_markets(request: Request) -> list[dict[str, object]]:
+        statuses = await market_statuses(request.app.state.redis)
+        return [{**pair.to_wire(), "status": statuses[symbol]}
+                for symbol, pair in markets.pairs.items()]
 
     @app.get("/api/v1/markets/{symbol}/book", tags=["public"])
     async def book(request: Request, symbol: str,
@@ -212,13 +226,20 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
     @app.post("/api/v1/orders", tags=["trading"], status_code=201)
     async def place_order(request: Request, body: OrderRequest,
                           account_id: Account) -> JSONResponse:
-        if body.post_only or body.stp or body.quote_qty is not None:
-            raise ExchangeError("UNSUPPORTED_ORDER_OPTION",
-                                "post_only, stp and quote_qty are not supported yet")
-        order, created = await request.app.state.orders.place(
-            account_id, body.symbol, body.side, body.type, body.price, body.qty, body.tif,
-            body.client_order_id)
+        order, created = await request.app.state.orders.place(account_id, body)
         return JSONResponse(order, status_code=201 if created else 200)
+
+    @app.patch("/api/v1/orders/{order_id}", tags=["trading"], status_code=202)
+    async def amend_order(request: Request, order_id: str, body: AmendRequest,
+                          account_id: Account) -> dict[str, object]:
+        """Queue an amend; a smaller qty keeps queue priority, anything else re-queues.
+        The order as it stands is returned; the outcome follows on the order."""
+        return await request.app.state.orders.amend(account_id, order_id, body)
+
+    @app.delete("/api/v1/orders", tags=["trading"])
+    async def cancel_all(request: Request, account_id: Account,
+                         symbol: str) -> list[dict[str, object]]:
+        return await request.app.state.orders.cancel_all(account_id, symbol)
 
     @app.get("/api/v1/orders/{order_id}", tags=["trading"])
     async def get_order(request: Request, order_id: str,
@@ -243,6 +264,21 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         account = await request.app.state.accounts.create()
         return {"account_id": account.account_id, "api_key": account.api_key,
                 "api_secret": account.api_secret}
+
+    @app.get("/api/v1/admin/markets", tags=["operator"], dependencies=[Depends(operator)])
+    async def admin_markets(request: Request) -> list[dict[str, object]]:
+        return await list_markets(request)
+
+    @app.put("/api/v1/admin/markets/{symbol}", tags=["operator"],
+             dependencies=[Depends(operator)])
+    async def set_market_status(request: Request, symbol: str,
+                                body: MarketStatusRequest) -> dict[str, str]:
+        """Halt or resume a pair: a halted pair refuses new orders (MARKET_HALTED);
+        cancels still go through."""
+        pair = markets.pair(symbol)
+        await request.app.state.redis.hset(keys.PairKeys(pair.symbol).state, "status",
+                                           body.status)
+        return {"symbol": pair.symbol, "status": body.status}
 
     @app.post("/api/v1/admin/deposits", tags=["operator"], dependencies=[Depends(operator)])
     async def deposit(request: Request, body: DepositRequest) -> dict[str, str]:

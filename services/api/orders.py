@@ -13,17 +13,22 @@ import time
 from decimal import ROUND_HALF_EVEN, Decimal
 from importlib import resources
 
+from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order
+from services.api.schemas import AmendRequest, OrderRequest
 from services.common import keys
 from services.common.errors import ExchangeError
-from services.common.messages import CancelOrder, PlaceOrder, encode
+from services.common.messages import AmendOrder, CancelAll, CancelOrder, Command, PlaceOrder, encode
 from services.common.pairs import Markets, Pair
 from services.common.redis_conn import AnyRedis
 from services.common.tracing import current_traceparent
 
 _HOLD_LUA = resources.files("services.api").joinpath("hold.lua").read_text()
+_AMEND_HOLD_LUA = resources.files("services.api").joinpath("amend_hold.lua").read_text()
 TERMINAL = frozenset({"filled", "cancelled", "rejected"})
-# Amounts compared in Lua must stay exact as doubles.
-MAX_EXACT_UNITS = 2**53
+
+
+def _ticks(raw: bytes | None) -> int | None:
+    return int(raw) if raw and int(raw) else None
 
 
 def new_order_id() -> str:
@@ -36,56 +41,109 @@ class OrderService:
         self.redis = redis
         self.markets = markets
         self._hold = redis.register_script(_HOLD_LUA)
+        self._amend_hold = redis.register_script(_AMEND_HOLD_LUA)
 
-    async def place(self, account_id: str, symbol: str, side: str, order_type: str,
-                    price: str | None, qty: str | None, tif: str,
-                    client_order_id: str | None) -> tuple[dict[str, object], bool]:
+    async def market_ref(self, pair: Pair) -> MarketRef:
+        """The pair's last price, touch and halt flag as of its last commit."""
+        last, bid, ask, status = await self.redis.hmget(
+            keys.PairKeys(pair.symbol).state, "last_price", "best_bid", "best_ask", "status")
+        return MarketRef(_ticks(last), _ticks(bid), _ticks(ask), status == b"halted")
+
+    async def place(self, account_id: str, req: OrderRequest) -> tuple[dict[str, object], bool]:
         """Validate, hold, enqueue. Returns (order, created); created is False when a
         repeated client_order_id returned the first order instead."""
-        pair = self.markets.pair(symbol)
-        if order_type != "limit":
-            raise ExchangeError("UNSUPPORTED_ORDER_TYPE", "only limit orders are supported yet")
-        if tif not in ("GTC", "IOC"):
-            raise ExchangeError("UNSUPPORTED_TIME_IN_FORCE", "tif must be GTC or IOC")
-        if price is None or qty is None:
-            raise ExchangeError("INVALID_REQUEST", "a limit order needs price and qty")
-        ticks = pair.price_to_ticks(price)
-        lots = pair.qty_to_lots(qty)
-        last = await self.redis.hget(keys.PairKeys(pair.symbol).state, "last_price")
-        pair.check_price_band(ticks, int(last) if last and int(last) else None)
-        notional = pair.notional_units(ticks, lots)
-        if notional < pair.min_notional_units:
-            raise ExchangeError("MIN_NOTIONAL", f"price * qty must be at least {pair.min_notional}")
-        hold_asset, hold = (pair.quote, notional) if side == "buy" else (pair.base,
-                                                                          pair.base_units(lots))
-        if hold >= MAX_EXACT_UNITS:
-            raise ExchangeError("QTY_TOO_LARGE", "order value is too large")
+        pair = self.markets.pair(req.symbol)
+        plan = plan_order(pair, req, await self.market_ref(pair))
         order_id = new_order_id()
         now = int(time.time() * 1000)
         record = {
-            "order_id": order_id, "client_order_id": client_order_id or "",
+            "order_id": order_id, "client_order_id": req.client_order_id or "",
             "account_id": account_id, "symbol": pair.symbol, "base": pair.base.symbol,
-            "quote": pair.quote.symbol, "side": side, "type": order_type, "tif": tif,
-            "price": ticks, "qty": lots, "filled": 0, "quote_filled": 0, "status": "new",
-            "reason": "", "created_ts": now, "updated_ts": now,
-            "hold_asset": hold_asset.symbol, "hold_left": hold,
+            "quote": pair.quote.symbol, "side": plan.side, "type": plan.type,
+            "tif": plan.tif, "price": plan.price, "qty": plan.qty,
+            "quote_qty": req.quote_qty or "", "stop_price": plan.stop_price,
+            "post_only": int(plan.post_only), "stp": plan.stp, "filled": 0, "quote_filled": 0,
+            "status": "new", "reason": "", "created_ts": now, "updated_ts": now,
+            "hold_asset": plan.hold_asset.symbol, "hold_left": plan.hold,
         }
         account = keys.AccountKeys(account_id)
         outcome, detail = await self._hold(
             keys=[account.balances, account.order(order_id), account.open_orders,
                   account.client_ids],
-            args=[hold_asset.symbol, hold, order_id, client_order_id or "",
+            args=[plan.hold_asset.symbol, plan.hold, order_id, req.client_order_id or "",
                   *(x for item in record.items() for x in item)],
         )
         if outcome == -1:
             raise ExchangeError("INSUFFICIENT_FUNDS",
-                                f"not enough {hold_asset.symbol} available for this order")
+                                f"not enough {plan.hold_asset.symbol} available for this order")
         if outcome == 0:
             return await self.get(account_id, detail.decode()), False
-        command = PlaceOrder(order_id, account_id, side, ticks, lots, tif)  # type: ignore[arg-type]
+        command = PlaceOrder(order_id, account_id, plan.side, plan.price,  # type: ignore[arg-type]
+                             plan.qty, plan.tif, plan.type, plan.post_only,  # type: ignore[arg-type]
+                             plan.stp, plan.quote_qty, plan.stop_price)  # type: ignore[arg-type]
+        await self._enqueue(pair, command)
+        return order_to_wire(pair, record), True
+
+    async def _enqueue(self, pair: Pair, command: Command) -> None:
         await self.redis.xadd(keys.PairKeys(pair.symbol).inbox,
                               {"c": encode(command), "tp": current_traceparent()})
-        return order_to_wire(pair, record), True
+
+    async def amend(self, account_id: str, order_id: str,
+                    req: AmendRequest) -> dict[str, object]:
+        """Hold whatever more the amended order could spend, then ask the engine.
+
+        The engine decides (it may refuse, e.g. if the order filled meanwhile); the
+        outcome shows on the order. A hold added for a refused amend is released when
+        the order ends."""
+        record = await self._record(account_id, order_id)
+        pair = self.markets.pair(record["symbol"])
+        if record["type"] != "limit":
+            raise ExchangeError("ORDER_NOT_AMENDABLE", "only limit orders can be amended")
+        if req.qty is None and req.price is None:
+            raise ExchangeError("INVALID_REQUEST", "give qty, price or both")
+        lots = pair.qty_to_lots(req.qty) if req.qty is not None else 0
+        ticks = pair.price_to_ticks(req.price) if req.price is not None else 0
+        if ticks:
+            pair.check_price_band(ticks, (await self.market_ref(pair)).last_price)
+        new_qty, new_price = lots or int(record["qty"]), ticks or int(record["price"])
+        if record["side"] == "buy":
+            per_lot, asset = new_price * pair.quote_units_per_tick_lot, pair.quote
+        else:
+            per_lot, asset = pair.base_units_per_lot, pair.base
+        if new_qty * per_lot >= MAX_EXACT_UNITS:
+            raise ExchangeError("QTY_TOO_LARGE", "order value is too large")
+        account = keys.AccountKeys(account_id)
+        outcome = await self._amend_hold(
+            keys=[account.balances, account.order(order_id)],
+            args=[asset.symbol, new_qty, per_lot])
+        if outcome != b"OK":
+            code = outcome.decode()
+            messages = {"ORDER_NOT_OPEN": f"order {order_id} is not open",
+                        "QTY_NOT_ABOVE_FILLED": "qty must be above what already filled",
+                        "INSUFFICIENT_FUNDS": f"not enough {asset.symbol} for the new size"}
+            raise ExchangeError(code, messages.get(code, code))
+        await self._enqueue(pair, AmendOrder(order_id, account_id, lots, ticks))
+        return await self.get(account_id, order_id)
+
+    async def cancel_all(self, account_id: str, symbol: str,
+                         wait_s: float = 2.0) -> list[dict[str, object]]:
+        """Cancel every open order of the account on `symbol`; returns them as they
+        stand once the engine has ended them (or the wait is over)."""
+        pair = self.markets.pair(symbol)
+        open_ids = [oid.decode() for oid in
+                    await self.redis.smembers(keys.AccountKeys(account_id).open_orders)]
+        records = [await self._record(account_id, oid) for oid in sorted(open_ids)]
+        mine = [r["order_id"] for r in records if r["symbol"] == pair.symbol]
+        await self._enqueue(pair, CancelAll(account_id))
+        deadline = time.monotonic() + wait_s
+        pause = 0.001
+        while mine and time.monotonic() < deadline:
+            orders = [await self.get(account_id, oid) for oid in mine]
+            if all(o["status"] in TERMINAL for o in orders):
+                return orders
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return [await self.get(account_id, oid) for oid in mine]
 
     async def get(self, account_id: str, order_id: str) -> dict[str, object]:
         record = await self._record(account_id, order_id)
@@ -101,9 +159,7 @@ class OrderService:
         if record["status"] in TERMINAL:
             raise ExchangeError("ORDER_NOT_OPEN", f"order {order_id} is {record['status']}")
         pair = self.markets.pair(record["symbol"])
-        await self.redis.xadd(keys.PairKeys(pair.symbol).inbox, {
-            "c": encode(CancelOrder(order_id, account_id)), "tp": current_traceparent(),
-        })
+        await self._enqueue(pair, CancelOrder(order_id, account_id))
         order_key = keys.AccountKeys(account_id).order(order_id)
         deadline = time.monotonic() + wait_s
         pause = 0.001
@@ -137,8 +193,8 @@ def order_to_wire(pair: Pair, record: dict) -> dict[str, object]:
         "symbol": record["symbol"],
         "side": record["side"],
         "type": record["type"],
-        "price": pair.format_price(int(record["price"])),
-        "qty": pair.format_qty(int(record["qty"])),
+        "price": pair.format_price(int(record["price"])) if record["price"] != "0" else None,
+        "qty": pair.format_qty(int(record["qty"])) if record["qty"] != "0" else None,
         "filled_qty": pair.format_qty(filled),
         "avg_px": avg_px,
         "status": record["status"],
@@ -146,6 +202,12 @@ def order_to_wire(pair: Pair, record: dict) -> dict[str, object]:
         "created_ts": int(record["created_ts"]),
         "updated_ts": int(record["updated_ts"]),
     }
+    if record.get("stop_price", "0") != "0":
+        wire["stop_price"] = pair.format_price(int(record["stop_price"]))
+    if record.get("quote_qty"):
+        wire["quote_qty"] = record["quote_qty"]
     if record["status"] == "rejected":
         wire["reject_reason"] = record["reason"]
+    elif record["status"] == "cancelled" and record["reason"] != "user":
+        wire["cancel_reason"] = record["reason"]  # e.g. ioc_remainder, stp, cancel_all
     return wire

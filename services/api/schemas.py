@@ -14,15 +14,26 @@ class _Strict(BaseModel):
 class OrderRequest(_Strict):
     symbol: StrictStr = Field(examples=["BTC-USD"])
     side: Literal["buy", "sell"]
-    type: Literal["limit", "market"] = "limit"
+    type: Literal["limit", "market", "stop_limit", "stop_market"] = "limit"
     price: StrictStr | None = Field(default=None, examples=["67001.50"])
     qty: StrictStr | None = Field(default=None, examples=["0.2500"])
-    quote_qty: StrictStr | None = None
+    quote_qty: StrictStr | None = Field(default=None, examples=["100.00"],
+                                        description="market buys: quote amount to spend")
+    stop_price: StrictStr | None = Field(default=None, description="stop orders: trigger")
     tif: Literal["GTC", "IOC", "FOK"] = "GTC"
     post_only: StrictBool = False
     client_order_id: StrictStr | None = Field(default=None, max_length=64,
                                               pattern=r"^[A-Za-z0-9_.:-]+$")
     stp: Literal["cancel_newest", "cancel_oldest", "cancel_both"] | None = None
+
+
+class AmendRequest(_Strict):
+    qty: StrictStr | None = Field(default=None, description="new total quantity")
+    price: StrictStr | None = None
+
+
+class MarketStatusRequest(_Strict):
+    status: Literal["trading", "halted"]
 
 
 class DepositRequest(_Strict):

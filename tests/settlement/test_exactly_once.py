@@ -6,6 +6,7 @@ import pytest
 
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
+from services.api.schemas import OrderRequest
 from services.common import keys
 from services.common.pairs import parse_markets
 from services.common.redis_conn import connect
@@ -35,10 +36,11 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
     seller, buyer = await accounts.create(), await accounts.create()
     await accounts.deposit(seller.account_id, "SETL", "10")
     await accounts.deposit(buyer.account_id, "USD", "1000")
-    await orders.place(seller.account_id, "SETL-USD", "sell", "limit", "90.00", "2.000", "GTC",
-                       None)
+    await orders.place(seller.account_id, OrderRequest(
+        symbol="SETL-USD", side="sell", price="90.00", qty="2.000"))
     # The buyer bids 100 but trades at the resting 90: the 10 * 2 difference comes back.
-    await orders.place(buyer.account_id, "SETL-USD", "buy", "limit", "100.00", "2.000", "GTC", None)
+    await orders.place(buyer.account_id, OrderRequest(
+        symbol="SETL-USD", side="buy", price="100.00", qty="2.000"))
 
     engine = Engine(redis, PAIR)
     await engine.recover()

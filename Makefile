@@ -21,8 +21,12 @@ test: $(INSTALLED)
 	$(VENV)/bin/ruff check services tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# `make bench` runs every benchmark, `make bench BENCH=engine_book` one; each prints its
+# figures and writes bench/results/<name>.json.
+BENCHES := engine_book engine_redis e2e_latency
 bench: $(INSTALLED)
-	$(PY) bench/e2e_latency.py
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	for name in $(or $(BENCH),$(BENCHES)); do $(PY) bench/$$name.py || exit 1; done
 
 # Re-pin every package after changing pyproject.toml's dependencies.
 lock:

@@ -13,6 +13,7 @@ order. Integers only: prices in ticks, quantities in lots, budgets in tick*lot u
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from itertools import islice
 
 from sortedcontainers import SortedDict, SortedList
 
@@ -42,10 +43,12 @@ REMEMBERED_IDS = 200_000
 
 
 class RestingOrder:
-    __slots__ = ("account_id", "order_id", "post_only", "price", "qty", "remaining", "side")
+    __slots__ = ("account_id", "arrival", "order_id", "post_only", "price", "qty", "remaining",
+                 "side")
 
     def __init__(self, order_id: str, account_id: str, side: str, price: int, qty: int,
                  remaining: int, post_only: bool) -> None:
+        self.arrival = 0  # set when it rests: cancel-all goes oldest first
         self.order_id = order_id
         self.account_id = account_id
         self.side = side
@@ -78,8 +81,11 @@ class OrderBook:
         self._sell_stops: SortedList = SortedList()  # (-stop_price, arrival, order_id)
         self._arrivals = 0
         self._triggered: deque[str] = deque()
-        self.by_account: dict[str, dict[str, None]] = {}  # open order ids, oldest first
-        self._seen_ids: dict[str, None] = {}  # insertion-ordered, capped at REMEMBERED_IDS
+        self._seen_ids: dict[str, None] = {}  # ids of the last 1-2 REMEMBERED_IDS placements
+        # Best prices, cached: looking them up in the sorted dicts costs more than keeping
+        # them right where levels appear and disappear.
+        self.best_bid: int | None = None
+        self.best_ask: int | None = None
         self.last_price: int | None = None
         self.last_seq = 0  # seq of the last event emitted
         self.last_trade_id = 0
@@ -95,14 +101,15 @@ class OrderBook:
         """Apply one command stamped with time `ts` (ms) and return its events in order."""
         self._events = events = []
         self._ts = ts
-        if isinstance(command, PlaceOrder):
-            self._place(command)
-        elif isinstance(command, CancelOrder):
-            self._cancel(command)
-        elif isinstance(command, AmendOrder):
-            self._amend(command)
+        kind = type(command)
+        if kind is PlaceOrder:
+            self._place(command)  # type: ignore[arg-type]
+        elif kind is CancelOrder:
+            self._cancel(command)  # type: ignore[arg-type]
+        elif kind is AmendOrder:
+            self._amend(command)  # type: ignore[arg-type]
         else:
-            self._cancel_all(command)
+            self._cancel_all(command)  # type: ignore[arg-type]
         while self._triggered:
             self._fire(self._triggered.popleft())
         return events
@@ -120,14 +127,20 @@ class OrderBook:
                                          reason))  # type: ignore[arg-type]
 
     def _place(self, cmd: PlaceOrder) -> None:
+        order_id = cmd.order_id
         seen = self._seen_ids
-        if cmd.order_id in seen:
-            self._events.append(DuplicateIgnored(self._seq(), self._ts, cmd.order_id,
+        if order_id in seen:
+            self._events.append(DuplicateIgnored(self._seq(), self._ts, order_id,
                                                  cmd.account_id))
             return
-        seen[cmd.order_id] = None
-        if len(seen) > REMEMBERED_IDS:
-            del seen[next(iter(seen))]
+        seen[order_id] = None
+        if len(seen) > 2 * REMEMBERED_IDS:
+            # Forget the older half in one go: amortised O(1), and a fresh dict (deleting
+            # from the front of a dict one by one would leave it full of dummies).
+            self._seen_ids = dict.fromkeys(islice(seen, REMEMBERED_IDS, None))
+        if cmd.type == "limit" and not (cmd.post_only or cmd.quote_qty or cmd.stop_price):
+            self._place_limit(cmd)
+            return
         reason = self._invalid(cmd)
         if reason:
             self._reject(cmd, reason)
@@ -148,10 +161,52 @@ class OrderBook:
                 self._buy_stops.add((cmd.stop_price, self._arrivals, cmd.order_id))
             else:
                 self._sell_stops.add((-cmd.stop_price, self._arrivals, cmd.order_id))
-            self.by_account.setdefault(cmd.account_id, {})[cmd.order_id] = None
             return
         self._accept(cmd)
         self._execute(cmd)
+
+    def _place_limit(self, cmd: PlaceOrder) -> None:
+        """The common case, kept flat (this is the engine's hottest path): a plain limit
+        order that rests, or crosses and goes to the matcher."""
+        price, qty = cmd.price, cmd.qty
+        if price <= 0 or qty <= 0:
+            self._reject(cmd, "INVALID_PRICE" if price <= 0 else "INVALID_QTY")
+            return
+        self.last_seq = seq = self.last_seq + 1
+        order_id, account_id, side = cmd.order_id, cmd.account_id, cmd.side
+        self._events.append(OrderAccepted(seq, self._ts, order_id, account_id, side, "limit",
+                                          price, qty, cmd.tif))
+        if side == "buy":
+            best = self.best_ask
+            if best is not None and best <= price:
+                self._execute(cmd)
+                return
+            levels, changed = self.bids, self._changed_bids
+        else:
+            best = self.best_bid
+            if best is not None and best >= price:
+                self._execute(cmd)
+                return
+            levels, changed = self.asks, self._changed_asks
+        if cmd.tif != "GTC":
+            self._expire(order_id, account_id, qty,
+                         "ioc_remainder" if cmd.tif == "IOC" else "fok_unfilled")
+            return
+        # Rest it (as _rest does, inlined).
+        order = RestingOrder(order_id, account_id, side, price, qty, qty, False)
+        self._arrivals = order.arrival = self._arrivals + 1
+        self.orders[order_id] = order
+        level = levels.get(price)
+        if level is None:
+            level = levels[price] = Level()
+            if side == "buy":
+                if self.best_bid is None or price > self.best_bid:
+                    self.best_bid = price
+            elif self.best_ask is None or price < self.best_ask:
+                self.best_ask = price
+        level.orders[order_id] = order
+        level.total += qty
+        changed[price] = level.total
 
     def _invalid(self, cmd: PlaceOrder) -> str | None:
         limit_priced = cmd.type in ("limit", "stop_limit")
@@ -225,21 +280,25 @@ class OrderBook:
         capped = budget > 0
         remaining = qty if qty else -1  # -1: lots unbounded, only the budget limits
         stp = cmd.stp
+        taker_id, taker_account, side, ts = cmd.order_id, cmd.account_id, cmd.side, self._ts
         events = self._events
-        while book:
-            price, level = book.peekitem(0 if buying else -1)
+        while True:
+            price = self.best_ask if buying else self.best_bid
+            if price is None:
+                return remaining, "no_liquidity"
             if (price > limit) if buying else (price < limit):
                 return remaining, "price_band"
+            level = book[price]
             orders = level.orders
             while orders:
                 maker = next(iter(orders.values()))
-                if stp != "none" and maker.account_id == cmd.account_id:
+                if stp != "none" and maker.account_id == taker_account:
                     if stp != "cancel_newest":  # cancel_oldest or cancel_both
                         self._remove(maker, level, "stp")
                     if stp != "cancel_oldest":
                         changed[price] = level.total
                         if not orders:
-                            del book[price]
+                            self._drop_level(buying, price)
                         return remaining, "stp"
                     continue
                 fill = maker.remaining if remaining < 0 else min(remaining, maker.remaining)
@@ -254,27 +313,36 @@ class OrderBook:
                 taker_done = remaining == 0 or (capped and budget < price)
                 maker.remaining -= fill
                 level.total -= fill
-                self.last_trade_id += 1
+                self.last_trade_id = trade_id = self.last_trade_id + 1
+                self.last_seq = seq = self.last_seq + 1
                 self.last_price = price
                 maker_done = maker.remaining == 0
-                events.append(Trade(
-                    self._seq(), self._ts, self.last_trade_id, price, fill, cmd.side,
-                    maker.order_id, maker.account_id, cmd.order_id, cmd.account_id,
-                    maker_done, taker_done))
+                events.append(Trade(seq, ts, trade_id, price, fill, side, maker.order_id,
+                                    maker.account_id, taker_id, taker_account, maker_done,
+                                    taker_done))
                 if maker_done:
                     orders.popitem(last=False)
                     del self.orders[maker.order_id]
-                    self._forget(maker.account_id, maker.order_id)
                 if self._buy_stops or self._sell_stops:
                     self._collect_triggers(price)
                 if taker_done:
                     changed[price] = level.total
                     if not orders:
-                        del book[price]
+                        self._drop_level(buying, price)
                     return max(remaining, 0), "filled"
             changed[price] = level.total
-            del book[price]
-        return remaining, "no_liquidity"
+            self._drop_level(buying, price)
+
+    def _drop_level(self, from_asks: bool, price: int) -> None:
+        """Remove an empty level and keep the cached best price right."""
+        if from_asks:
+            del self.asks[price]
+            if price == self.best_ask:
+                self.best_ask = self.asks.peekitem(0)[0] if self.asks else None
+        else:
+            del self.bids[price]
+            if price == self.best_bid:
+                self.best_bid = self.bids.peekitem(-1)[0] if self.bids else None
 
     def _fillable(self, cmd: PlaceOrder, limit: int, qty: int) -> bool:
         """Would `qty` fill completely within `limit`, given self-trade prevention?"""
@@ -299,36 +367,35 @@ class OrderBook:
 
     def _best(self, side: str) -> int | None:
         """Best opposite price for an order on `side`."""
-        if side == "buy":
-            return self.asks.peekitem(0)[0] if self.asks else None
-        return self.bids.peekitem(-1)[0] if self.bids else None
+        return self.best_ask if side == "buy" else self.best_bid
 
     def _rest(self, order: RestingOrder) -> None:
-        side, changed = self._side(order.side)
-        level = side.get(order.price)
+        price = order.price
+        if order.side == "buy":
+            side, changed = self.bids, self._changed_bids
+            if self.best_bid is None or price > self.best_bid:
+                self.best_bid = price
+        else:
+            side, changed = self.asks, self._changed_asks
+            if self.best_ask is None or price < self.best_ask:
+                self.best_ask = price
+        level = side.get(price)
         if level is None:
-            level = side[order.price] = Level()
+            level = side[price] = Level()
         level.orders[order.order_id] = order
         level.total += order.remaining
-        changed[order.price] = level.total
+        changed[price] = level.total
+        self._arrivals = order.arrival = self._arrivals + 1
         self.orders[order.order_id] = order
-        self.by_account.setdefault(order.account_id, {})[order.order_id] = None
 
     def _remove(self, order: RestingOrder, level: Level, reason: str) -> None:
         """Take a resting order out (level totals kept right; caller drops empty levels)."""
         del level.orders[order.order_id]
         level.total -= order.remaining
         del self.orders[order.order_id]
-        self._forget(order.account_id, order.order_id)
         self._events.append(OrderCancelled(self._seq(), self._ts, order.order_id,
                                            order.account_id, order.remaining,
                                            reason))  # type: ignore[arg-type]
-
-    def _forget(self, account_id: str, order_id: str) -> None:
-        open_ids = self.by_account[account_id]
-        del open_ids[order_id]
-        if not open_ids:
-            del self.by_account[account_id]
 
     def _side(self, side: str) -> tuple[SortedDict, dict[int, int]]:
         if side == "buy":
@@ -350,7 +417,6 @@ class OrderBook:
         if entry is None:  # cancelled after it was queued
             return
         cmd = entry[0]
-        self._forget(cmd.account_id, order_id)
         assert self.last_price is not None
         self._events.append(OrderTriggered(self._seq(), self._ts, order_id, cmd.account_id,
                                            self.last_price))
@@ -362,7 +428,6 @@ class OrderBook:
         else:
             self._sell_stops.remove((-cmd.stop_price, arrival, cmd.order_id))
         del self.stops[cmd.order_id]
-        self._forget(cmd.account_id, cmd.order_id)
 
     # ---- cancel and amend -----------------------------------------------------------
 
@@ -380,7 +445,7 @@ class OrderBook:
             self._remove(order, level, reason)
             changed[order.price] = level.total
             if not level.orders:
-                del side[order.price]
+                self._drop_level(order.side == "sell", order.price)
             return True
         stop = self.stops.get(order_id)
         if stop is not None and stop[0].account_id == account_id:
@@ -392,8 +457,13 @@ class OrderBook:
         return False
 
     def _cancel_all(self, cmd: CancelAll) -> None:
-        for order_id in list(self.by_account.get(cmd.account_id, ())):
-            self._cancel_one(order_id, cmd.account_id, "cancel_all")
+        """Oldest first. A scan of the book: rare enough not to index orders by account."""
+        account = cmd.account_id
+        mine = [(o.arrival, o.order_id) for o in self.orders.values() if o.account_id == account]
+        mine += [(arrival, stop.order_id) for stop, arrival in self.stops.values()
+                 if stop.account_id == account]
+        for _, order_id in sorted(mine):
+            self._cancel_one(order_id, account, "cancel_all")
 
     def _amend(self, cmd: AmendOrder) -> None:
         order = self.orders.get(cmd.order_id)
@@ -435,9 +505,8 @@ class OrderBook:
         level.total -= order.remaining
         changed[order.price] = level.total
         if not level.orders:
-            del side[order.price]
+            self._drop_level(order.side == "sell", order.price)
         del self.orders[order.order_id]
-        self._forget(order.account_id, order.order_id)
         self._events.append(OrderAmended(self._seq(), self._ts, order.order_id,
                                          order.account_id, new_price, new_qty, new_remaining,
                                          True))
@@ -459,8 +528,3 @@ class OrderBook:
             return [(p, self.bids[p].total) for p in reversed(self.bids)]
         return [(p, self.asks[p].total) for p in self.asks]
 
-    def best_bid(self) -> int | None:
-        return self.bids.peekitem(-1)[0] if self.bids else None
-
-    def best_ask(self) -> int | None:
-        return self.asks.peekitem(0)[0] if self.asks else None

@@ -180,7 +180,7 @@ class Engine:
                          for b in bars],
             ))
         book = self.book
-        best_bid, best_ask = book.best_bid(), book.best_ask()
+        best_bid, best_ask = book.best_bid, book.best_ask
         state = {  # event_seq first: the script reads it as the events entry's seq
             "event_seq": book.last_seq, "md_seq": md_seq, "trade_id": book.last_trade_id,
             "last_input_id": entries[-1][0], "last_price": book.last_price or 0,

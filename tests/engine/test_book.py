@@ -186,7 +186,7 @@ def test_book_is_never_crossed_and_every_lot_is_accounted_for(cmds: list) -> Non
     events = []
     for ts, cmd in enumerate(cmds):
         events += book.apply(cmd, ts)
-        best_bid, best_ask = book.best_bid(), book.best_ask()
+        best_bid, best_ask = book.best_bid, book.best_ask
         assert best_bid is None or best_ask is None or best_bid < best_ask
     # Per order placed by quantity and never amended:
     # placed = filled (as maker or taker) + cancelled + expired + resting + waiting stop.

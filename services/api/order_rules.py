@@ -2,8 +2,9 @@
 
 Every refusal has a stable code. The hold is what the order could ever spend, so the
 engine can never make an account pay more than it set aside (DESIGN §4):
-- a limit (or stop-limit) buy holds price × qty in quote; every sell holds its qty;
-- a market buy by quote amount holds that amount and spends at most it;
+- a limit (or stop-limit) buy holds price × qty in quote plus the largest fee; every
+  sell holds its qty (its fee comes out of the quote it receives);
+- a market buy by quote amount holds that amount and spends at most it, fee included;
 - a market (or stop-market) buy by quantity holds qty at the edge of the market price
   band, and the engine is told that as a spending cap, so a moving market can make
   it fill less but never cost more.
@@ -100,7 +101,10 @@ def plan_order(pair: Pair, req: OrderRequest, ref: MarketRef) -> OrderPlan:
         units = pair.quote.to_units(req.quote_qty, "quote_qty")
         if units < pair.min_notional_units:
             raise _refuse("MIN_NOTIONAL", f"quote_qty must be at least {pair.min_notional}")
-        quote_cap = units // pair.quote_units_per_tick_lot
+        # quote_qty pays for the fills and their fee: the engine may spend what leaves room
+        # for the largest fee.
+        spendable = units * 10_000 // (10_000 + pair.hold_fee_bps)
+        quote_cap = spendable // pair.quote_units_per_tick_lot
         hold_asset, hold = pair.quote, units
     else:
         # The price the notional is judged at: the limit, else the trigger, else the
@@ -118,9 +122,9 @@ def plan_order(pair: Pair, req: OrderRequest, ref: MarketRef) -> OrderPlan:
                               "no asks yet")
             edge = math.ceil(reference * (10_000 + pair.market_band_bps) / 10_000)
             quote_cap = edge * lots
-            hold_asset, hold = pair.quote, pair.notional_units(edge, lots)
+            hold_asset, hold = pair.quote, pair.with_hold_fee(pair.notional_units(edge, lots))
         else:
-            hold_asset, hold = pair.quote, pair.notional_units(price, lots)
+            hold_asset, hold = pair.quote, pair.with_hold_fee(pair.notional_units(price, lots))
     if hold >= MAX_EXACT_UNITS:
         raise _refuse("QTY_TOO_LARGE", "order value is too large")
     return OrderPlan(req.side, kind, tif, price, lots, quote_cap, stop_price, req.post_only,

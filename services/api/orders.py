@@ -107,7 +107,10 @@ class OrderService:
             pair.check_price_band(ticks, (await self.market_ref(pair)).last_price)
         new_qty, new_price = lots or int(record["qty"]), ticks or int(record["price"])
         if record["side"] == "buy":
-            per_lot, asset = new_price * pair.quote_units_per_tick_lot, pair.quote
+            notional = new_price * pair.quote_units_per_tick_lot
+            # Rounded up per lot, so the hold covers the fee on any number of lots.
+            per_lot = notional + -(-notional * pair.hold_fee_bps // 10_000)
+            asset = pair.quote
         else:
             per_lot, asset = pair.base_units_per_lot, pair.base
         if new_qty * per_lot >= MAX_EXACT_UNITS:

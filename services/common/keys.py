@@ -11,7 +11,8 @@ SETTLEMENT_GROUP = "settlement"
 
 # Keys with no hash tag of a pair or account: rare, operator-side writes only.
 ACCOUNT_ID_SEQ = "{accounts}:seq"
-SERVICES_REGISTRY = "{services}:registry"
+# The account that collects trading fees (and pays maker rebates).
+FEE_ACCOUNT = "fees"
 
 
 class PairKeys:
@@ -39,8 +40,8 @@ class PairKeys:
 class AccountKeys:
     """Keys and the private update channel of one account, all in one slot."""
 
-    __slots__ = ("account_id", "tag", "balances", "profile", "open_orders", "client_ids",
-                 "applied", "updates")
+    __slots__ = ("account_id", "applied", "balances", "client_ids", "closed_orders", "fills",
+                 "open_orders", "profile", "tag", "updates")
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -50,6 +51,8 @@ class AccountKeys:
         self.open_orders = f"{self.tag}:open"  # ids of orders not yet terminal (set)
         self.client_ids = f"{self.tag}:cids"  # client_order_id -> order_id (hash)
         self.applied = f"{self.tag}:applied"  # pair -> last settled event seq (hash)
+        self.fills = f"{self.tag}:fills"  # wire fills, newest first, capped (list)
+        self.closed_orders = f"{self.tag}:closed"  # ended order ids, newest first (list)
         self.updates = f"{self.tag}:updates"  # sharded channel of private updates
 
     def order(self, order_id: str) -> str:

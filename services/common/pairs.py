@@ -86,6 +86,11 @@ class Pair:
     market_band_bps: int = 500
     # Limit and stop prices further than this from the last trade price are refused.
     price_band_bps: int = 5000
+    # Fees in basis points of the notional, charged in the quote asset; a negative maker
+    # fee is a rebate. Fees round down, so the sum over partial fills never exceeds the
+    # fee on the whole, which is what an order holds.
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
 
     def __post_init__(self) -> None:
         # Fail at load, not at the first trade, if a notional could be inexact.
@@ -95,6 +100,9 @@ class Pair:
             raise ValueError(f"{self.symbol}: price_decimals finer than tick_size needed")
         if self.qty_decimals < -self.lot_size.as_tuple().exponent:
             raise ValueError(f"{self.symbol}: qty_decimals finer than lot_size needed")
+        if self.maker_fee_bps + self.taker_fee_bps < 0 or self.taker_fee_bps < 0:
+            # Each fill must leave the fee account a non-negative net.
+            raise ValueError(f"{self.symbol}: a maker rebate larger than the taker fee")
 
     @cached_property
     def base_units_per_lot(self) -> int:
@@ -154,6 +162,20 @@ class Pair:
                 f"price must be within {self.price_band_bps / 100:g}% of the last trade "
                 f"({self.format_price(last_ticks)})")
 
+    @cached_property
+    def hold_fee_bps(self) -> int:
+        """The fee an order holds for: it may end up maker or taker."""
+        return max(self.maker_fee_bps, self.taker_fee_bps, 0)
+
+    def fee_units(self, notional: int, bps: int) -> int:
+        """Fee on `notional` quote units (negative = rebate), rounded toward zero."""
+        fee = abs(notional) * abs(bps) // 10_000
+        return fee if bps >= 0 else -fee
+
+    def with_hold_fee(self, notional: int) -> int:
+        """What a buy of `notional` must hold: the notional plus the largest fee."""
+        return notional + notional * self.hold_fee_bps // 10_000
+
     def notional_units(self, ticks: int, lots: int) -> int:
         """Quote units paid for `lots` at `ticks`: exact by construction."""
         return ticks * lots * self.quote_units_per_tick_lot
@@ -182,6 +204,8 @@ class Pair:
             "qty_decimals": self.qty_decimals,
             "market_band_bps": self.market_band_bps,
             "price_band_bps": self.price_band_bps,
+            "maker_fee_bps": self.maker_fee_bps,
+            "taker_fee_bps": self.taker_fee_bps,
         }
 
 
@@ -226,6 +250,8 @@ def parse_markets(document: dict) -> Markets:
             qty_decimals=int(spec["qty_decimals"]),
             market_band_bps=int(spec.get("market_band_bps", Pair.market_band_bps)),
             price_band_bps=int(spec.get("price_band_bps", Pair.price_band_bps)),
+            maker_fee_bps=int(spec.get("maker_fee_bps", Pair.maker_fee_bps)),
+            taker_fee_bps=int(spec.get("taker_fee_bps", Pair.taker_fee_bps)),
         )
     return Markets(assets=assets, pairs=pairs)
 

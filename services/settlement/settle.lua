@@ -1,52 +1,65 @@
 -- Apply one engine entry's legs to ONE account, exactly once (DESIGN §2, stage R2).
 -- KEYS: 1 balances, 2 applied (pair -> last settled event seq), 3 open order ids,
---       4.. the order records the legs name (leg.o is an index into KEYS)
--- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON)
+--       4 fills (newest first), 5 closed order ids (newest first),
+--       6.. the order records the legs name (leg.o is an index into KEYS)
+-- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON), 4 history kept
 -- Amounts stay strings end to end: HINCRBY is exact on 64-bit integers, Lua numbers
--- are not. A leg: {o, id, kind, side, base, quote, lots, done,
--- reason, ts, price, qty}; base/quote/lots/price/qty are decimal integer strings.
--- kind is fill | cancel (also expiry) | reject | amend.
+-- are not. Leg kinds: fill (side, base, quote, lots, fee, pay + rebate for a buy or
+-- gain for a sell, fill = the wire fill), cancel (also expiries), reject, amend
+-- (price, qty), fee (asset, amount: the fee account's share). done = the order ended.
 local last = redis.call('HGET', KEYS[2], ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0  -- a replay after a crash: already applied
 end
-local balances = KEYS[1]
+local balances, keep = KEYS[1], tonumber(ARGV[4])
 for _, leg in ipairs(cjson.decode(ARGV[3])) do
-  local order = KEYS[leg.o]
-  if redis.call('EXISTS', order) == 1 then
-    if leg.kind == 'fill' then
-      local base_asset = redis.call('HGET', order, 'base')
-      local quote_asset = redis.call('HGET', order, 'quote')
-      if leg.side == 'buy' then
-        redis.call('HINCRBY', balances, 'held:' .. quote_asset, '-' .. leg.quote)
-        redis.call('HINCRBY', balances, 'avail:' .. base_asset, leg.base)
-        redis.call('HINCRBY', order, 'hold_left', '-' .. leg.quote)
+  if leg.kind == 'fee' then
+    redis.call('HINCRBY', balances, 'avail:' .. leg.asset, leg.amount)
+  else
+    local order = KEYS[leg.o]
+    if redis.call('EXISTS', order) == 1 then
+      if leg.kind == 'fill' then
+        local base_asset = redis.call('HGET', order, 'base')
+        local quote_asset = redis.call('HGET', order, 'quote')
+        if leg.side == 'buy' then
+          redis.call('HINCRBY', balances, 'held:' .. quote_asset, '-' .. leg.pay)
+          redis.call('HINCRBY', balances, 'avail:' .. base_asset, leg.base)
+          redis.call('HINCRBY', order, 'hold_left', '-' .. leg.pay)
+          if leg.rebate ~= '0' then
+            redis.call('HINCRBY', balances, 'avail:' .. quote_asset, leg.rebate)
+          end
+        else
+          redis.call('HINCRBY', balances, 'held:' .. base_asset, '-' .. leg.base)
+          redis.call('HINCRBY', balances, 'avail:' .. quote_asset, leg.gain)
+          redis.call('HINCRBY', order, 'hold_left', '-' .. leg.base)
+        end
+        redis.call('HINCRBY', order, 'filled', leg.lots)
+        redis.call('HINCRBY', order, 'quote_filled', leg.quote)
+        redis.call('HINCRBY', order, 'fee', leg.fee)
+        redis.call('HSET', order, 'status', leg.done and 'filled' or 'partially_filled')
+        redis.call('LPUSH', KEYS[4], leg.fill)
+        redis.call('LTRIM', KEYS[4], 0, keep - 1)
+      elseif leg.kind == 'cancel' then
+        redis.call('HSET', order, 'status', 'cancelled', 'reason', leg.reason)
+      elseif leg.kind == 'amend' then
+        redis.call('HSET', order, 'price', leg.price, 'qty', leg.qty)
       else
-        redis.call('HINCRBY', balances, 'held:' .. base_asset, '-' .. leg.base)
-        redis.call('HINCRBY', balances, 'avail:' .. quote_asset, leg.quote)
-        redis.call('HINCRBY', order, 'hold_left', '-' .. leg.base)
+        redis.call('HSET', order, 'status', 'rejected', 'reason', leg.reason)
       end
-      redis.call('HINCRBY', order, 'filled', leg.lots)
-      redis.call('HINCRBY', order, 'quote_filled', leg.quote)
-      redis.call('HSET', order, 'status', leg.done and 'filled' or 'partially_filled')
-    elseif leg.kind == 'cancel' then
-      redis.call('HSET', order, 'status', 'cancelled', 'reason', leg.reason)
-    elseif leg.kind == 'amend' then
-      redis.call('HSET', order, 'price', leg.price, 'qty', leg.qty)
-    else
-      redis.call('HSET', order, 'status', 'rejected', 'reason', leg.reason)
-    end
-    redis.call('HSET', order, 'updated_ts', leg.ts)
-    if leg.done then
-      -- The order is over: whatever it still holds goes back to available.
-      local left = redis.call('HGET', order, 'hold_left')
-      if left ~= '0' then
-        local asset = redis.call('HGET', order, 'hold_asset')
-        redis.call('HINCRBY', balances, 'held:' .. asset, '-' .. left)
-        redis.call('HINCRBY', balances, 'avail:' .. asset, left)
-        redis.call('HSET', order, 'hold_left', '0')
+      redis.call('HSET', order, 'updated_ts', leg.ts)
+      if leg.done then
+        -- The order is over: whatever it still holds goes back to available.
+        local left = redis.call('HGET', order, 'hold_left')
+        if left ~= '0' then
+          local asset = redis.call('HGET', order, 'hold_asset')
+          redis.call('HINCRBY', balances, 'held:' .. asset, '-' .. left)
+          redis.call('HINCRBY', balances, 'avail:' .. asset, left)
+          redis.call('HSET', order, 'hold_left', '0')
+        end
+        redis.call('SREM', KEYS[3], leg.id)
+        redis.call('LPUSH', KEYS[5], leg.id)
+        redis.call('LTRIM', KEYS[5], 0, keep - 1)
       end
-      redis.call('SREM', KEYS[3], leg.id)
     end
   end
 end

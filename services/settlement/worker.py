@@ -19,10 +19,11 @@ from services.common import keys
 from services.common.messages import events_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
-from services.settlement.legs import legs_by_account
+from services.settlement.legs import Leg, legs_by_account
 
 log = logging.getLogger("exchange.settlement")
 
+HISTORY = 1000  # fills and closed orders kept per account for the REST API
 _SETTLE_LUA = resources.files("services.settlement").joinpath("settle.lua").read_text()
 
 
@@ -81,20 +82,23 @@ class PairSettler:
             for account_id, legs in legs_by_account(self.pair, events).items()
         ))
 
-    async def _settle_account(self, account_id: str, legs: list[dict[str, object]],
+    async def _settle_account(self, account_id: str, legs: list[Leg],
                               seq: int) -> None:
         account = keys.AccountKeys(account_id)
         order_keys: list[str] = []
         index: dict[str, int] = {}
         for leg in legs:
+            if "id" not in leg:  # the fee account's share names no order
+                continue
             order_id = str(leg["id"])
             if order_id not in index:
-                index[order_id] = 4 + len(order_keys)  # Lua KEYS are 1-based after 3 fixed
+                index[order_id] = 6 + len(order_keys)  # Lua KEYS are 1-based after 5 fixed
                 order_keys.append(account.order(order_id))
             leg["o"] = index[order_id]
         await self._settle(
-            keys=[account.balances, account.applied, account.open_orders, *order_keys],
-            args=[self.pair.symbol, seq, self._json.encode(legs)],
+            keys=[account.balances, account.applied, account.open_orders, account.fills,
+                  account.closed_orders, *order_keys],
+            args=[self.pair.symbol, seq, self._json.encode(legs), HISTORY],
         )
 
 

@@ -58,7 +58,7 @@ async def test_public_endpoints_describe_markets_and_refuse_unknown_ones(
         "symbol": "BTC-USD", "base": "BTC", "quote": "USD", "tick_size": "0.01",
         "lot_size": "0.0001", "min_qty": "0.0001", "max_qty": "1000", "min_notional": "1",
         "price_decimals": 2, "qty_decimals": 4, "market_band_bps": 500,
-        "price_band_bps": 5000, "status": "trading",
+        "price_band_bps": 5000, "maker_fee_bps": 10, "taker_fee_bps": 20, "status": "trading",
     }
     response = await admin.http.get("/api/v1/markets/DOGE-USD/book")
     assert (response.status_code, response.json()["error"]["code"]) == (404, "UNKNOWN_SYMBOL")

@@ -126,8 +126,9 @@ async def test_unsigned_or_badly_signed_requests_get_401_and_change_nothing(
     replay = await admin.http.post(path, content=body, headers=good)
     assert (replay.status_code, replay.json()["error"]["code"]) == (401, "REPLAYED_SIGNATURE")
     assert await redis.xlen(inbox) == queued_before + 1
-    assert (await trader.balances())["USD"] == {"asset": "USD", "available": "950.000000",
-                                                 "held": "50.000000"}
+    # 0.001 BTC at 50000 holds 50 USD plus the 0.2 % taker fee it could pay.
+    assert (await trader.balances())["USD"] == {"asset": "USD", "available": "949.900000",
+                                                 "held": "50.100000"}
     await trader.cancel_order(first.json()["order_id"])
     await asyncio.wait_for(wait_until_settled(redis, ["BTC-USD"]), 30)
     assert (await trader.balances())["USD"]["available"] == "1000.000000"

@@ -87,9 +87,11 @@ async def test_market_buy_by_quantity_holds_at_the_band_edge_and_releases_the_re
     done = await settled(buyer, order["order_id"], "filled")
     assert done["avg_px"] == str(level)
     cost = level * 1
+    fee = (cost * Decimal("0.002")).quantize(Decimal("0.00000001"), rounding="ROUND_DOWN")
+    # Held at the band edge plus fee; what it did not spend came back.
     assert await balances(buyer) == {
-        "BTC": (f"{Decimal(1) - cost:.8f}", "0.00000000"), "ETH": ("1.00000000", "0.00000000"),
-        "USD": ("0.000000", "0.000000")}
+        "BTC": (f"{Decimal(1) - cost - fee:.8f}", "0.00000000"),
+        "ETH": ("1.00000000", "0.00000000"), "USD": ("0.000000", "0.000000")}
 
 
 async def test_market_buy_by_quote_amount_spends_no_more_than_it(
@@ -102,11 +104,16 @@ async def test_market_buy_by_quote_amount_spends_no_more_than_it(
         "symbol": SYMBOL, "side": "buy", "type": "market", "quote_qty": "0.10000"},
         signed=True)
     done = await settled(buyer, order["order_id"], "filled")
-    lots = (Decimal("0.1") / level).quantize(Decimal("0.001"), rounding="ROUND_DOWN")
-    assert Decimal(done["filled_qty"]) == lots
+    # 0.1 BTC pays for the fills and their 0.2 % fee: 1e7 satoshi leave 9,980,039 to
+    # spend on ETH at `level` (1 tick*lot = 1 satoshi in ETH-BTC).
+    level_ticks = int(level / Decimal("0.00001"))
+    lots = 9_980_039 // level_ticks
+    spent = lots * level_ticks  # satoshi
+    fee = spent * 20 // 10_000
+    assert done["filled_qty"] == f"{Decimal(lots) / 1000:.3f}"
     btc, eth = (await balances(buyer))["BTC"], (await balances(buyer))["ETH"]
-    assert Decimal(btc[0]) == 1 - lots * level and btc[1] == "0.00000000"
-    assert Decimal(eth[0]) == lots
+    assert btc == (f"{Decimal(100_000_000 - spent - fee) / 10**8:.8f}", "0.00000000")
+    assert eth[0] == f"{Decimal(lots) / 1000:.8f}"
 
 
 async def test_fok_that_cannot_fill_is_cancelled_and_releases_its_hold(

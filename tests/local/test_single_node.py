@@ -39,7 +39,7 @@ async def test_an_order_trades_and_reaches_a_watcher_on_a_single_node(tmp_path) 
                 async def settled() -> bool:
                     balances = await admin.as_account(buyer).balances()
                     return (balances["ETH"]["available"], balances["BTC"]["available"]) == (
-                        "0.50000000", "0.97500000")
+                        "0.50000000", "0.97495000")  # 0.025 BTC + 0.2 % taker fee
 
                 await eventually(settled, "the buyer's fill to settle")
             finally:

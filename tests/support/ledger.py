@@ -31,17 +31,20 @@ async def wait_until_settled(redis: AnyRedis, symbols: list[str], timeout: float
 
 
 async def ledger_totals(redis: AnyRedis) -> tuple[Counter, Counter, list[str]]:
-    """(deposited, available + held) per asset over every account, and any negative."""
+    """(deposited - withdrawn, available + held) per asset over every account (the fee
+    account included), and any negative balance."""
     deposited: Counter = Counter()
     holdings: Counter = Counter()
     negatives: list[str] = []
     last_id = int(await redis.get(keys.ACCOUNT_ID_SEQ) or 0)
-    for account_id in range(1, last_id + 1):
-        account = keys.AccountKeys(str(account_id))
+    for account_id in [*map(str, range(1, last_id + 1)), keys.FEE_ACCOUNT]:
+        account = keys.AccountKeys(account_id)
         for field, value in (await redis.hgetall(account.profile)).items():
             name = field.decode()
             if name.startswith("deposited:"):
                 deposited[name.split(":", 1)[1]] += int(value)
+            elif name.startswith("withdrawn:"):
+                deposited[name.split(":", 1)[1]] -= int(value)
         for field, value in (await redis.hgetall(account.balances)).items():
             kind, asset = field.decode().split(":", 1)
             holdings[asset] += int(value)

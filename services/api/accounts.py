@@ -15,6 +15,7 @@ from services.common.pairs import Markets
 from services.common.redis_conn import AnyRedis
 
 _DEPOSIT_LUA = resources.files("services.api").joinpath("deposit.lua").read_text()
+_WITHDRAW_LUA = resources.files("services.api").joinpath("withdraw.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class AccountStore:
         self.redis = redis
         self.markets = markets
         self._deposit = redis.register_script(_DEPOSIT_LUA)
+        self._withdraw = redis.register_script(_WITHDRAW_LUA)
         # Keys are immutable once issued, so a process may cache them.
         self._key_cache: dict[str, ApiKey] = {}
 
@@ -74,6 +76,21 @@ class AccountStore:
         except ResponseError as exc:
             if "UNKNOWN_ACCOUNT" in str(exc):
                 raise ExchangeError("UNKNOWN_ACCOUNT", f"no account {account_id}", 404) from None
+            raise
+
+    async def withdraw(self, account_id: str, asset_symbol: str, amount: str) -> int:
+        asset = self.markets.asset(asset_symbol)
+        units = asset.to_units(amount)
+        account = keys.AccountKeys(account_id)
+        try:
+            return int(await self._withdraw(keys=[account.profile, account.balances],
+                                            args=[asset.symbol, units]))
+        except ResponseError as exc:
+            if "UNKNOWN_ACCOUNT" in str(exc):
+                raise ExchangeError("UNKNOWN_ACCOUNT", f"no account {account_id}", 404) from None
+            if "INSUFFICIENT_FUNDS" in str(exc):
+                raise ExchangeError("INSUFFICIENT_FUNDS",
+                                    f"not enough {asset.symbol} available") from None
             raise
 
     async def balances(self, account_id: str) -> list[dict[str, str]]:

@@ -7,7 +7,7 @@ import time
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -241,6 +241,19 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
                          symbol: str) -> list[dict[str, object]]:
         return await request.app.state.orders.cancel_all(account_id, symbol)
 
+    @app.get("/api/v1/orders", tags=["trading"])
+    async def list_orders(request: Request, account_id: Account, symbol: str | None = None,
+                          status: Literal["open", "closed"] = "open",
+                          limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                          ) -> list[dict[str, object]]:
+        """Open orders oldest first, or closed ones newest first (the last 1000)."""
+        return await request.app.state.orders.list_orders(account_id, symbol, status, limit)
+
+    @app.get("/api/v1/fills", tags=["trading"])
+    async def fills(request: Request, account_id: Account, symbol: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[object]:
+        return await request.app.state.orders.fills(account_id, symbol, limit)
+
     @app.get("/api/v1/orders/{order_id}", tags=["trading"])
     async def get_order(request: Request, order_id: str,
                         account_id: Account) -> dict[str, object]:
@@ -279,6 +292,17 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         await request.app.state.redis.hset(keys.PairKeys(pair.symbol).state, "status",
                                            body.status)
         return {"symbol": pair.symbol, "status": body.status}
+
+    @app.post("/api/v1/admin/withdrawals", tags=["operator"],
+              dependencies=[Depends(operator)])
+    async def withdraw(request: Request, body: DepositRequest) -> dict[str, str]:
+        """Take `amount` out of the account's available balance; held funds are never
+        touched (INSUFFICIENT_FUNDS if available is short)."""
+        asset = markets.asset(body.asset)
+        available = await request.app.state.accounts.withdraw(body.account_id, body.asset,
+                                                              body.amount)
+        return {"account_id": body.account_id, "asset": asset.symbol,
+                "available": asset.format(available)}
 
     @app.post("/api/v1/admin/deposits", tags=["operator"], dependencies=[Depends(operator)])
     async def deposit(request: Request, body: DepositRequest) -> dict[str, str]:

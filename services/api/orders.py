@@ -8,6 +8,7 @@ the money, updating the order record this module reads.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -174,6 +175,37 @@ class OrderService:
             pause = min(pause * 2, 0.05)
         return await self.get(account_id, order_id), False
 
+    async def list_orders(self, account_id: str, symbol: str | None, status: str,
+                          limit: int) -> list[dict[str, object]]:
+        """Open orders (oldest first) or the most recently ended ones (newest first)."""
+        pair = self.markets.pair(symbol) if symbol else None
+        account = keys.AccountKeys(account_id)
+        if status == "open":
+            ids = sorted(oid.decode() for oid in await self.redis.smembers(account.open_orders))
+        else:
+            ids = [oid.decode() for oid in await self.redis.lrange(account.closed_orders, 0, -1)]
+        found: list[dict[str, object]] = []
+        for order_id in ids:  # ids are time-ordered, so sorting them sorts by creation
+            order = await self.get(account_id, order_id)
+            if pair is None or order["symbol"] == pair.symbol:
+                found.append(order)
+                if len(found) == limit:
+                    break
+        return found
+
+    async def fills(self, account_id: str, symbol: str | None, limit: int) -> list[object]:
+        """The account's fills, newest first (the last 1000 are kept)."""
+        pair = self.markets.pair(symbol) if symbol else None
+        raw = await self.redis.lrange(keys.AccountKeys(account_id).fills, 0, -1)
+        found = []
+        for item in raw:
+            fill = json.loads(item)
+            if pair is None or fill["symbol"] == pair.symbol:
+                found.append(fill)
+                if len(found) == limit:
+                    break
+        return found
+
     async def _record(self, account_id: str, order_id: str) -> dict[str, str]:
         if not order_id or len(order_id) > 64:
             raise ExchangeError("UNKNOWN_ORDER", "no such order", 404)
@@ -199,6 +231,7 @@ def order_to_wire(pair: Pair, record: dict) -> dict[str, object]:
         "price": pair.format_price(int(record["price"])) if record["price"] != "0" else None,
         "qty": pair.format_qty(int(record["qty"])) if record["qty"] != "0" else None,
         "filled_qty": pair.format_qty(filled),
+        "fee": pair.quote.format(int(record.get("fee", 0))),
         "avg_px": avg_px,
         "status": record["status"],
         "tif": record["tif"],

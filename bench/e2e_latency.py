@@ -115,7 +115,8 @@ async def order_to_watcher(exchange: LocalExchange, admin: ExchangeClient, rate:
                            count: int) -> dict[str, float]:
     """IOC buys against one big resting ask; each buy's qty is unique among those in
     flight, so its trade on the WebSocket is matched to its send time."""
-    maker, taker = await admin.create_account(), await admin.create_account()
+    # The taker sends faster than a key's default rate limit allows.
+    maker, taker = await admin.create_account(), await admin.create_account(10_000, 20_000)
     await admin.deposit(maker.account_id, "ETH", "10000")
     await admin.deposit(taker.account_id, "USD", "100000000")
     await admin.as_account(maker).place_order(SYMBOL, "sell", PRICE, "9999.000")

@@ -9,6 +9,7 @@ from importlib import resources
 
 from redis.exceptions import ResponseError
 
+from services.api.secrets_box import SecretBox
 from services.common import keys
 from services.common.errors import ExchangeError
 from services.common.pairs import Markets
@@ -22,6 +23,8 @@ _WITHDRAW_LUA = resources.files("services.api").joinpath("withdraw.lua").read_te
 class ApiKey:
     account_id: str
     secret: str
+    rate_per_s: float  # signed requests per second, sustained
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,21 @@ class NewAccount:
 
 
 class AccountStore:
-    def __init__(self, redis: AnyRedis, markets: Markets) -> None:
+    def __init__(self, redis: AnyRedis, markets: Markets, box: SecretBox, *,
+                 rate_per_s: float = 100.0, burst: int = 200) -> None:
         self.redis = redis
         self.markets = markets
+        self.box = box
+        self.rate_per_s = rate_per_s
+        self.burst = burst
         self._deposit = redis.register_script(_DEPOSIT_LUA)
         self._withdraw = redis.register_script(_WITHDRAW_LUA)
         # Keys are immutable once issued, so a process may cache them.
         self._key_cache: dict[str, ApiKey] = {}
 
-    async def create(self) -> NewAccount:
+    async def create(self, rate_per_s: float | None = None,
+                     burst: int | None = None) -> NewAccount:
+        """A new account with one API key; the secret is returned once and stored sealed."""
         account_id = str(await self.redis.incr(keys.ACCOUNT_ID_SEQ))
         api_key = secrets.token_hex(16)
         api_secret = secrets.token_hex(32)
@@ -49,7 +58,8 @@ class AccountStore:
             "created_ts": int(time.time() * 1000), "api_key": api_key,
         })
         await self.redis.hset(keys.api_key(api_key), mapping={
-            "account_id": account_id, "secret": api_secret,
+            "account_id": account_id, "secret_sealed": self.box.seal(api_secret, api_key),
+            "rate_per_s": rate_per_s or self.rate_per_s, "burst": burst or self.burst,
         })
         return NewAccount(account_id, api_key, api_secret)
 
@@ -62,7 +72,9 @@ class AccountStore:
         record = await self.redis.hgetall(keys.api_key(api_key))
         if not record:
             return None
-        found = ApiKey(record[b"account_id"].decode(), record[b"secret"].decode())
+        found = ApiKey(record[b"account_id"].decode(),
+                       self.box.open(record[b"secret_sealed"].decode(), api_key),
+                       float(record[b"rate_per_s"]), int(record[b"burst"]))
         self._key_cache[api_key] = found
         return found
 

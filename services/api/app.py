@@ -23,8 +23,10 @@ from services.api.schemas import (
     AmendRequest,
     DepositRequest,
     MarketStatusRequest,
+    NewAccountRequest,
     OrderRequest,
 )
+from services.api.secrets_box import SecretBox
 from services.api.settings import ApiSettings
 from services.common import keys
 from services.common.book_cache import book_checksum, read_book, wire_levels
@@ -35,6 +37,7 @@ from services.common.redis_conn import connect
 from services.common.tracing import setup_tracing
 
 MAX_BODY_BYTES = 64 * 1024
+_ADMIT_LUA = resources.files("services.api").joinpath("admit.lua").read_text()
 STATIC_DIR = resources.files("services.api").joinpath("static")
 
 Account = Annotated[str, Depends(signed_account)]
@@ -70,13 +73,16 @@ def rolling_24h(pair: Pair, bars: list[dict[str, object]]) -> dict[str, str | No
 
 def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI:
     markets = markets or load_markets()
+    box = SecretBox(settings.secrets_key) if settings.secrets_key else SecretBox.from_env()
     tracer = setup_tracing("exchange-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         redis = await connect(settings.redis_url)
         app.state.redis = redis
-        app.state.accounts = AccountStore(redis, markets)
+        app.state.accounts = AccountStore(redis, markets, box, rate_per_s=settings.rate_per_s,
+                                          burst=settings.burst)
+        app.state.admit = redis.register_script(_ADMIT_LUA)
         app.state.orders = OrderService(redis, markets)
         yield
         await redis.aclose()
@@ -88,7 +94,9 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     @app.exception_handler(ExchangeError)
     async def exchange_error(_: Request, exc: ExchangeError) -> JSONResponse:
-        return _error(exc.code, exc.message, exc.http_status)
+        response = _error(exc.code, exc.message, exc.http_status)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -273,8 +281,12 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     @app.post("/api/v1/admin/accounts", tags=["operator"], status_code=201,
               dependencies=[Depends(operator)])
-    async def create_account(request: Request) -> dict[str, str]:
-        account = await request.app.state.accounts.create()
+    async def create_account(request: Request,
+                             body: NewAccountRequest | None = None) -> dict[str, str]:
+        """A new account and its API key. The secret is shown only here."""
+        limits = body.rate_limit if body else None
+        account = await request.app.state.accounts.create(
+            limits.per_second if limits else None, limits.burst if limits else None)
         return {"account_id": account.account_id, "api_key": account.api_key,
                 "api_secret": account.api_secret}
 

@@ -7,6 +7,7 @@ token is not accepted on a trading route.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 
 from fastapi import Request
@@ -46,11 +47,17 @@ async def signed_account(request: Request) -> str:
     expected = sign(key.secret, ts, request.method, path, body)
     if not signature_matches(expected, signature):
         raise _unauthorized("INVALID_SIGNATURE", "signature does not match the request")
-    # A signature is single-use for as long as its timestamp could be accepted.
-    first_use = await state.redis.set(keys.replay_guard(api_key, signature), 1, nx=True,
-                                      px=2 * SIGNATURE_WINDOW_MS)
-    if not first_use:
+    # One round trip on the key's slot: the rate limit, then the signature's single use
+    # (for as long as its timestamp could be accepted).
+    verdict = await state.admit(
+        keys=[keys.rate_bucket(api_key), keys.replay_guard(api_key, signature)],
+        args=[key.rate_per_s, key.burst, 2 * SIGNATURE_WINDOW_MS])
+    if verdict == -1:
         raise _unauthorized("REPLAYED_SIGNATURE", "this signature was already used")
+    if verdict > 0:
+        raise ExchangeError("RATE_LIMITED", f"over {key.rate_per_s:g} requests/s "
+                            f"(burst {key.burst}); retry in {verdict} ms", 429,
+                            headers={"Retry-After": str(math.ceil(verdict / 1000))})
     return key.account_id
 
 

@@ -36,6 +36,15 @@ class MarketStatusRequest(_Strict):
     status: Literal["trading", "halted"]
 
 
+class RateLimit(_Strict):
+    per_second: float = Field(gt=0, le=100_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class NewAccountRequest(_Strict):
+    rate_limit: RateLimit | None = None
+
+
 class DepositRequest(_Strict):
     account_id: StrictStr
     asset: StrictStr = Field(examples=["USD"])

@@ -20,6 +20,11 @@ class ApiSettings:
     demo_faucet: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
+    # Default per-API-key limit of signed requests (token bucket in Redis).
+    rate_per_s: float = 100.0
+    burst: int = 200
+    # Key that seals API secrets at rest; "" = read EXCHANGE_SECRETS_KEY.
+    secrets_key: str = ""
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -31,4 +36,6 @@ class ApiSettings:
             demo_faucet=env.get("EXCHANGE_DEMO_FAUCET", "0") == "1",
             host=env.get("EXCHANGE_API_HOST", cls.host),
             port=int(env.get("EXCHANGE_API_PORT", cls.port)),
+            rate_per_s=float(env.get("EXCHANGE_RATE_LIMIT_PER_S", cls.rate_per_s)),
+            burst=int(env.get("EXCHANGE_RATE_LIMIT_BURST", cls.burst)),
         )

@@ -69,8 +69,11 @@ class ExchangeClient:
 
     # ---- operator ---------------------------------------------------------------------
 
-    async def create_account(self) -> Credentials:
-        data = await self.call("POST", "/api/v1/admin/accounts", admin=True)
+    async def create_account(self, per_second: float | None = None,
+                             burst: int | None = None) -> Credentials:
+        """A new account; `per_second`/`burst` override the default request rate limit."""
+        body = {"rate_limit": {"per_second": per_second, "burst": burst}} if per_second else None
+        data = await self.call("POST", "/api/v1/admin/accounts", body, admin=True)
         return Credentials(data["account_id"], data["api_key"], data["api_secret"])
 
     async def deposit(self, account_id: str, asset: str, amount: str) -> dict:

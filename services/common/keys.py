@@ -65,6 +65,11 @@ def api_key(key: str) -> str:
     return "{apikey:" + key + "}"
 
 
+def rate_bucket(key: str) -> str:
+    """An API key's token bucket (hash), in the key's slot."""
+    return "{apikey:" + key + "}:bucket"
+
+
 def replay_guard(key: str, signature: str) -> str:
     """Marks a signature as used for its validity window (string with TTL)."""
     return "{apikey:" + key + "}:sig:" + signature

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.api.secrets_box import SECRETS_KEY_ENV, new_key
 from services.common.pairs import load_markets
 from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_ports, port_free
 
@@ -139,10 +140,22 @@ class LocalExchange:
         self.cluster.start(timeout)
         return self.cluster.url
 
+    def _secrets_key(self) -> str:
+        """EXCHANGE_SECRETS_KEY, else the key kept in the data dir (made on first run), so
+        API secrets sealed by one run open in the next."""
+        if os.environ.get(SECRETS_KEY_ENV):
+            return os.environ[SECRETS_KEY_ENV]
+        path = self.options.data_dir / "secrets.key"
+        if not path.exists():
+            path.write_text(new_key())
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def _child_env(self) -> dict[str, str]:
         opts = self.options
         env = dict(os.environ)
         env.update({
+            SECRETS_KEY_ENV: self._secrets_key(),
             "REDIS_URL": self.redis_url,
             "EXCHANGE_ADMIN_TOKEN": opts.admin_token,
             "EXCHANGE_PUBLIC_WS_URL": self.ws_urls[0],

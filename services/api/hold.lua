@@ -1,7 +1,8 @@
 -- Stage R1: hold an order's funds on the account's slot and record the order.
--- KEYS: 1 balances, 2 order record, 3 open order ids, 4 client_order_id -> order_id
+-- KEYS: 1 balances, 2 order record, 3 open order ids, 4 client_order_id -> order_id,
+--       5 unconfirmed orders (zset: until the engine has seen it, a reconciler watches it)
 -- ARGV: 1 hold asset, 2 hold amount (integer units), 3 order id, 4 client order id,
---       5.. order record fields as name, value pairs
+--       5 creation ms, 6.. order record fields as name, value pairs
 -- Returns {1, order_id} when held, {0, first_order_id} for a repeated client order id,
 -- {-1, 'INSUFFICIENT_FUNDS'} when the account cannot pay (nothing changed).
 if ARGV[4] ~= '' then
@@ -14,8 +15,9 @@ if tonumber(available) < tonumber(ARGV[2]) then
 end
 redis.call('HINCRBY', KEYS[1], 'avail:' .. ARGV[1], '-' .. ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
 redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[4], ARGV[3])
 end

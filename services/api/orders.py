@@ -18,7 +18,8 @@ from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order
 from services.api.schemas import AmendRequest, OrderRequest
 from services.common import keys
 from services.common.errors import ExchangeError
-from services.common.messages import AmendOrder, CancelAll, CancelOrder, Command, PlaceOrder, encode
+from services.common.messages import AmendOrder, CancelAll, CancelOrder, Command, encode
+from services.common.order_record import place_command
 from services.common.pairs import Markets, Pair
 from services.common.redis_conn import AnyRedis
 from services.common.tracing import current_traceparent
@@ -62,7 +63,8 @@ class OrderService:
             "account_id": account_id, "symbol": pair.symbol, "base": pair.base.symbol,
             "quote": pair.quote.symbol, "side": plan.side, "type": plan.type,
             "tif": plan.tif, "price": plan.price, "qty": plan.qty,
-            "quote_qty": req.quote_qty or "", "stop_price": plan.stop_price,
+            "quote_qty": req.quote_qty or "", "quote_cap": plan.quote_qty,
+            "stop_price": plan.stop_price,
             "post_only": int(plan.post_only), "stp": plan.stp, "filled": 0, "quote_filled": 0,
             "status": "new", "reason": "", "created_ts": now, "updated_ts": now,
             "hold_asset": plan.hold_asset.symbol, "hold_left": plan.hold,
@@ -70,8 +72,8 @@ class OrderService:
         account = keys.AccountKeys(account_id)
         outcome, detail = await self._hold(
             keys=[account.balances, account.order(order_id), account.open_orders,
-                  account.client_ids],
-            args=[plan.hold_asset.symbol, plan.hold, order_id, req.client_order_id or "",
+                  account.client_ids, account.unconfirmed],
+            args=[plan.hold_asset.symbol, plan.hold, order_id, req.client_order_id or "", now,
                   *(x for item in record.items() for x in item)],
         )
         if outcome == -1:
@@ -79,10 +81,7 @@ class OrderService:
                                 f"not enough {plan.hold_asset.symbol} available for this order")
         if outcome == 0:
             return await self.get(account_id, detail.decode()), False
-        command = PlaceOrder(order_id, account_id, plan.side, plan.price,  # type: ignore[arg-type]
-                             plan.qty, plan.tif, plan.type, plan.post_only,  # type: ignore[arg-type]
-                             plan.stp, plan.quote_qty, plan.stop_price)  # type: ignore[arg-type]
-        await self._enqueue(pair, command)
+        await self._enqueue(pair, place_command(record))
         return order_to_wire(pair, record), True
 
     async def _enqueue(self, pair: Pair, command: Command) -> None:

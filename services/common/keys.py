@@ -41,7 +41,7 @@ class AccountKeys:
     """Keys and the private update channel of one account, all in one slot."""
 
     __slots__ = ("account_id", "applied", "balances", "client_ids", "closed_orders", "fills",
-                 "open_orders", "profile", "tag", "updates")
+                 "open_orders", "profile", "tag", "unconfirmed", "updates")
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -53,11 +53,16 @@ class AccountKeys:
         self.applied = f"{self.tag}:applied"  # pair -> last settled event seq (hash)
         self.fills = f"{self.tag}:fills"  # wire fills, newest first, capped (list)
         self.closed_orders = f"{self.tag}:closed"  # ended order ids, newest first (list)
+        # Orders held but not yet seen by their engine, scored by creation ms (zset).
+        self.unconfirmed = f"{self.tag}:unconfirmed"
         self.updates = f"{self.tag}:updates"  # sharded channel of private updates
 
     def order(self, order_id: str) -> str:
         """One order's record (hash)."""
         return f"{self.tag}:order:{order_id}"
+
+
+UNCONFIRMED_PATTERN = "{acct:*}:unconfirmed"  # for the stranded-hold reconciler's scan
 
 
 def api_key(key: str) -> str:

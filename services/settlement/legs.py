@@ -9,6 +9,7 @@ import msgspec
 from services.common import keys
 from services.common.messages import (
     Event,
+    OrderAccepted,
     OrderAmended,
     OrderCancelled,
     OrderExpired,
@@ -27,9 +28,9 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[Leg]]:
     Amounts are decimal integer strings so the settle script never does float math.
     Fees are in the quote asset: the buyer pays notional + fee, the seller receives
     notional - fee (a negative fee is a rebate), and the fee account receives the sum,
-    so every asset is conserved exactly. Accepted or triggered orders and refused
-    cancels or amends move no money and produce no leg; an amend changes only the
-    order record.
+    so every asset is conserved exactly. An accepted order only stops being
+    "unconfirmed"; an amend changes only the order record; triggers and refused cancels
+    or amends produce no leg.
     """
     legs: dict[str, list[Leg]] = defaultdict(list)
     for event in events:
@@ -71,6 +72,10 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[Leg]]:
                 "id": event.order_id, "kind": "cancel", "reason": event.reason, "done": True,
                 "ts": event.ts,
             })
+        elif isinstance(event, OrderAccepted):
+            # The engine has the order: the stranded-hold reconciler can stop watching it.
+            legs[event.account_id].append({"id": event.order_id, "kind": "seen",
+                                           "done": False, "ts": event.ts})
         elif isinstance(event, OrderRejected):
             legs[event.account_id].append({
                 "id": event.order_id, "kind": "reject", "reason": event.reason, "done": True,

@@ -1,12 +1,13 @@
 -- Apply one engine entry's legs to ONE account, exactly once (DESIGN §2, stage R2).
 -- KEYS: 1 balances, 2 applied (pair -> last settled event seq), 3 open order ids,
---       4 fills (newest first), 5 closed order ids (newest first),
---       6.. the order records the legs name (leg.o is an index into KEYS)
+--       4 fills (newest first), 5 closed order ids (newest first), 6 unconfirmed orders,
+--       7.. the order records the legs name (leg.o is an index into KEYS)
 -- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON), 4 history kept
 -- Amounts stay strings end to end: HINCRBY is exact on 64-bit integers, Lua numbers
 -- are not. Leg kinds: fill (side, base, quote, lots, fee, pay + rebate for a buy or
 -- gain for a sell, fill = the wire fill), cancel (also expiries), reject, amend
--- (price, qty), fee (asset, amount: the fee account's share). done = the order ended.
+-- (price, qty), seen (the engine accepted it), fee (asset, amount: the fee account's
+-- share). done = the order ended. Any leg proves the engine has the order.
 local last = redis.call('HGET', KEYS[2], ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0  -- a replay after a crash: already applied
@@ -17,7 +18,8 @@ for _, leg in ipairs(cjson.decode(ARGV[3])) do
     redis.call('HINCRBY', balances, 'avail:' .. leg.asset, leg.amount)
   else
     local order = KEYS[leg.o]
-    if redis.call('EXISTS', order) == 1 then
+    redis.call('ZREM', KEYS[6], leg.id)
+    if redis.call('EXISTS', order) == 1 and leg.kind ~= 'seen' then
       if leg.kind == 'fill' then
         local base_asset = redis.call('HGET', order, 'base')
         local quote_asset = redis.call('HGET', order, 'quote')

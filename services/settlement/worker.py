@@ -20,6 +20,7 @@ from services.common.messages import events_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.settlement.legs import Leg, legs_by_account
+from services.settlement.reconciler import run_reconciler
 
 log = logging.getLogger("exchange.settlement")
 
@@ -92,16 +93,17 @@ class PairSettler:
                 continue
             order_id = str(leg["id"])
             if order_id not in index:
-                index[order_id] = 6 + len(order_keys)  # Lua KEYS are 1-based after 5 fixed
+                index[order_id] = 7 + len(order_keys)  # Lua KEYS are 1-based after 6 fixed
                 order_keys.append(account.order(order_id))
             leg["o"] = index[order_id]
         await self._settle(
             keys=[account.balances, account.applied, account.open_orders, account.fills,
-                  account.closed_orders, *order_keys],
+                  account.closed_orders, account.unconfirmed, *order_keys],
             args=[self.pair.symbol, seq, self._json.encode(legs), HISTORY],
         )
 
 
 async def run_settlement(redis: AnyRedis, pairs: list[Pair], stop: asyncio.Event) -> None:
-    """Settle every pair concurrently until `stop` is set."""
-    await asyncio.gather(*(PairSettler(redis, pair).run(stop) for pair in pairs))
+    """Settle every pair concurrently, and watch for stranded holds, until `stop`."""
+    await asyncio.gather(*(PairSettler(redis, pair).run(stop) for pair in pairs),
+                         run_reconciler(redis, stop))

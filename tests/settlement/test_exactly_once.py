@@ -7,6 +7,7 @@ import pytest
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
+from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.pairs import parse_markets
 from services.common.redis_conn import connect
@@ -32,7 +33,8 @@ async def redis(redis_cluster: LocalRedisCluster):
 
 
 async def test_replayed_entry_settles_once_and_releases_price_improvement(redis) -> None:
-    accounts, orders = AccountStore(redis, MARKETS), OrderService(redis, MARKETS)
+    accounts = AccountStore(redis, MARKETS, SecretBox(new_key()))
+    orders = OrderService(redis, MARKETS)
     seller, buyer = await accounts.create(), await accounts.create()
     await accounts.deposit(seller.account_id, "SETL", "10")
     await accounts.deposit(buyer.account_id, "USD", "1000")

@@ -10,6 +10,7 @@ import pytest
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
+from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.pairs import parse_markets
 from services.common.redis_conn import connect
@@ -38,7 +39,8 @@ async def redis(redis_cluster: LocalRedisCluster):
 
 async def test_taker_pays_the_fee_maker_earns_the_rebate_fee_account_keeps_the_rest(
         redis) -> None:
-    accounts, orders = AccountStore(redis, MARKETS), OrderService(redis, MARKETS)
+    accounts = AccountStore(redis, MARKETS, SecretBox(new_key()))
+    orders = OrderService(redis, MARKETS)
     maker, taker = await accounts.create(), await accounts.create()
     await accounts.deposit(maker.account_id, "FEE", "5")
     await accounts.deposit(taker.account_id, "USD", "1000")

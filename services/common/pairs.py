@@ -29,6 +29,16 @@ def _units(amount: Decimal, unit: Decimal, what: str) -> int:
     return int(count)
 
 
+def fixed_point(units: int, decimals: int) -> str:
+    """`units` of 10**-decimals as a decimal string with exactly `decimals` places.
+
+    Integer arithmetic only: this runs for every price and quantity on the wire."""
+    if decimals == 0:
+        return str(units)
+    whole, frac = divmod(abs(units), 10**decimals)
+    return f"{'-' if units < 0 else ''}{whole}.{frac:0{decimals}d}"
+
+
 def parse_decimal(text: object, field: str) -> Decimal:
     """A finite decimal from a wire string; JSON numbers are refused so no float sneaks in."""
     if not isinstance(text, str):
@@ -64,7 +74,7 @@ class Asset:
             ) from None
 
     def format(self, units: int) -> str:
-        return f"{Decimal(units).scaleb(-self.decimals):.{self.decimals}f}"
+        return fixed_point(units, self.decimals)
 
 
 @dataclass(frozen=True)
@@ -183,11 +193,20 @@ class Pair:
     def base_units(self, lots: int) -> int:
         return lots * self.base_units_per_lot
 
+    @cached_property
+    def _price_scale(self) -> int:
+        """Wire units (10**-price_decimals) per tick; whole, as __post_init__ checks."""
+        return int(self.tick_size.scaleb(self.price_decimals))
+
+    @cached_property
+    def _qty_scale(self) -> int:
+        return int(self.lot_size.scaleb(self.qty_decimals))
+
     def format_price(self, ticks: int) -> str:
-        return f"{self.tick_size * ticks:.{self.price_decimals}f}"
+        return fixed_point(ticks * self._price_scale, self.price_decimals)
 
     def format_qty(self, lots: int) -> str:
-        return f"{self.lot_size * lots:.{self.qty_decimals}f}"
+        return fixed_point(lots * self._qty_scale, self.qty_decimals)
 
     def to_wire(self) -> dict[str, object]:
         """The pair as `GET /markets` lists it (status added by the caller)."""

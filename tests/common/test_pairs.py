@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.common.book_cache import book_checksum
 from services.common.errors import ExchangeError
-from services.common.pairs import Markets, parse_markets
+from services.common.pairs import Markets, load_markets, parse_markets
 
 
 def test_default_pairs_have_rules_and_wire_decimals(markets: Markets) -> None:
@@ -62,6 +66,15 @@ def test_a_pair_whose_notional_could_be_inexact_fails_at_load() -> None:
     }
     with pytest.raises(ValueError, match="tick\\*lot"):
         parse_markets(document)
+
+
+@given(st.integers(-10**15, 10**15), st.sampled_from(["BTC-USD", "ETH-USD", "ETH-BTC"]))
+def test_integer_formatting_equals_exact_decimal_formatting(n: int, symbol: str) -> None:
+    pair = load_markets().pair(symbol)
+    assert pair.format_price(n) == f"{pair.tick_size * n:.{pair.price_decimals}f}"
+    assert pair.format_qty(n) == f"{pair.lot_size * n:.{pair.qty_decimals}f}"
+    places = pair.quote.decimals
+    assert pair.quote.format(n) == f"{Decimal(n).scaleb(-places):.{places}f}"
 
 
 def test_checksum_matches_the_api_example() -> None:

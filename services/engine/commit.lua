@@ -1,14 +1,19 @@
 -- Commit one engine batch atomically on the pair's slot (DESIGN §5).
--- KEYS: 1 state, 2 events, 3 bids, 4 asks, 5 inbox, 6 trades, 7 md channel,
---       8.. candles of each interval (sorted sets scored by bar start)
+-- KEYS: 1 state, 2 events, 3 bids, 4 asks, 5 inbox, 6 trades, 7 md channel, 8 lease,
+--       9.. candles of each interval (sorted sets scored by bar start)
 -- ARGV: 1 expected event seq before the batch (fencing: if another writer moved the
 --       pair on, nothing is written), 2 consumer group, 3 events blob ('' = none),
---       4 md blob ('' = none), 5 trades kept, 6 bars kept per interval,
+--       4 md blob ('' = none), 5 trades kept, 6 bars kept per interval, 7 the writer's
+--       fencing token (must be the lease's, once the pair has a lease),
 --       then: n state fields, (field, value)...; n input ids, ids...;
 --       n bid levels, (price, lots)...; n ask levels, (price, lots)...;
 --       n trades, wire trades (oldest first)...; n bars, (key index, start, wire bar)...
 -- The state fields include event_seq (the seq of the batch's last event).
 local state, events, bids, asks, inbox, trades, md = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local token = redis.call('HGET', KEYS[8], 'token')
+if token and token ~= ARGV[7] then
+  return redis.error_reply('FENCED lease token is ' .. token .. ', writer has ' .. ARGV[7])
+end
 local current = redis.call('HGET', state, 'event_seq') or '0'
 if current ~= ARGV[1] then
   return redis.error_reply('STALE_WRITER event_seq is ' .. current .. ', expected ' .. ARGV[1])
@@ -17,7 +22,7 @@ end
 local function in_chunks(first, last, call)
   for s = first, last, 1000 do call(s, math.min(s + 999, last)) end
 end
-local i = 7
+local i = 8
 local n = tonumber(ARGV[i]); i = i + 1
 local state_first, state_last = i, i + 2 * n - 1
 i = i + 2 * n

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import os
 
+from services.common.keys import PairKeys
 from services.common.pairs import load_markets
 from services.common.process import run_service
 from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV, connect
+from services.engine.lease import Lease
 from services.engine.runner import Engine
 
 
@@ -23,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     async def body(stop: asyncio.Event) -> None:
         redis = await connect(args.redis_url)
         try:
-            await Engine(redis, pair, batch_size=args.batch_size, block_ms=200).run(stop)
+            lease = Lease(redis, PairKeys(pair.symbol))
+            await Engine(redis, pair, batch_size=args.batch_size, block_ms=200,
+                         lease=lease).run(stop)
         finally:
             await redis.aclose()
 

@@ -32,6 +32,7 @@ from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.engine.book import OrderBook
 from services.engine.candles import Bar, Candles
+from services.engine.lease import Lease
 
 log = logging.getLogger("exchange.engine")
 
@@ -40,8 +41,8 @@ CANDLE_HISTORY = 5000  # bars kept per interval
 _COMMIT_LUA = resources.files("services.engine").joinpath("commit.lua").read_text()
 
 
-# Lua KEYS index of each interval's candle key (after the 7 fixed keys).
-_CANDLE_KEY_INDEX = {interval: 8 + i for i, interval in enumerate(INTERVALS_MS)}
+# Lua KEYS index of each interval's candle key (after the 8 fixed keys).
+_CANDLE_KEY_INDEX = {interval: 9 + i for i, interval in enumerate(INTERVALS_MS)}
 
 
 def entry_time_ms(entry_id: bytes) -> int:
@@ -53,13 +54,16 @@ class Engine:
     """Owns one pair's book and is the only writer of the pair's slot."""
 
     def __init__(self, redis: AnyRedis, pair: Pair, *, batch_size: int = 500,
-                 block_ms: int = 1000) -> None:
+                 block_ms: int = 1000, lease: Lease | None = None) -> None:
         self.redis = redis
         self.pair = pair
         self.keys = keys.PairKeys(pair.symbol)
         self.batch_size = batch_size
         self.block_ms = block_ms
+        # One consumer name for every engine process of the pair: a standby that takes
+        # over is redelivered what the old leader read but did not commit.
         self.consumer = f"engine-{pair.symbol}"
+        self.lease = lease  # None: no lease (tests, benchmarks); fenced once one exists
         self.book = OrderBook(band_bps=pair.market_band_bps)
         self.candles = Candles()
         self.md_seq = 0
@@ -124,11 +128,37 @@ class Engine:
     # ---- the loop -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Process batches until `stop` is set; recover and go on after a failed commit."""
+        """Lead the pair until `stop`: wait for the lease (as a standby), recover, process
+        batches; on losing the lease go back to waiting. Recover and go on after a
+        failed commit."""
         stop = stop or asyncio.Event()
-        await self.recover()
-        pending_first = True  # entries delivered before a crash come back with id "0"
         while not stop.is_set():
+            if self.lease is not None and not await self.lease.acquire(stop):
+                return
+            lost = asyncio.Event()
+            keeper = asyncio.create_task(self._keep_lease(stop, lost)) if self.lease else None
+            try:
+                await self._recover_until_ok(stop)
+                await self._lead(stop, lost)
+            finally:
+                if keeper:
+                    keeper.cancel()
+            if lost.is_set():
+                log.warning("%s: lease lost; back to standby", self.pair.symbol)
+
+    async def _keep_lease(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        assert self.lease is not None
+        while not stop.is_set() and not lost.is_set():
+            await asyncio.sleep(self.lease.ttl_ms / 3000)
+            try:
+                if not await self.lease.renew():
+                    lost.set()
+            except (RedisError, OSError) as exc:
+                log.warning("%s: lease renewal failed (%s)", self.pair.symbol, exc)
+
+    async def _lead(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        pending_first = True  # entries delivered before a crash come back with id "0"
+        while not stop.is_set() and not lost.is_set():
             try:
                 streams = await self.redis.xreadgroup(
                     keys.ENGINE_GROUP, self.consumer,
@@ -141,6 +171,13 @@ class Engine:
                     continue
                 if entries:
                     await self.process_batch(entries)
+            except ResponseError as exc:
+                if "FENCED" in str(exc):
+                    lost.set()  # another writer holds the pair now: never write again
+                    return
+                log.warning("%s: batch failed (%s); recovering", self.pair.symbol, exc)
+                await self._recover_until_ok(stop)
+                pending_first = True
             except (RedisError, OSError) as exc:
                 log.warning("%s: batch failed (%s); recovering", self.pair.symbol, exc)
                 await asyncio.sleep(0.2)
@@ -189,7 +226,7 @@ class Engine:
         }
         args: list[bytes | str | int] = [
             previous_seq, keys.ENGINE_GROUP, encode(events) if events else b"", md_blob,
-            TRADE_HISTORY, CANDLE_HISTORY, len(state),
+            TRADE_HISTORY, CANDLE_HISTORY, self.lease.token if self.lease else 0, len(state),
             *(x for item in state.items() for x in item),
             len(entries), *(entry_id for entry_id, _ in entries),
         ]
@@ -204,7 +241,7 @@ class Engine:
             args += (_CANDLE_KEY_INDEX[bar.interval], bar.t, self._wire_bar(bar))
         k = self.keys
         await self._commit(
-            keys=[k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md,
+            keys=[k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md, k.lease,
                   *(k.candles(interval) for interval in INTERVALS_MS)],
             args=args)
         self.md_seq = md_seq

@@ -1,8 +1,8 @@
 """`exchange up`: the whole exchange on one machine, as separate processes.
 
-A local Redis Cluster (or the one REDIS_URL names), one engine process per pair,
-settlement, the API with the web page, gateway replicas sharing one port, and a
-simulated market. Ctrl-C (SIGINT) or SIGTERM stops every child cleanly. What was
+A local Redis Cluster (or the one REDIS_URL names), an engine process per pair plus a
+standby waiting on the pair's lease, settlement, the API with the web page, gateway
+replicas sharing one port, and a simulated market. Ctrl-C (SIGINT) or SIGTERM stops every child cleanly. What was
 started is written to `.exchange/endpoints.json`.
 """
 
@@ -35,6 +35,7 @@ class UpOptions:
     api_port: int = 8000
     ws_port: int = 8001
     gateways: int = 2
+    standbys: int = 1  # extra engine processes per pair, waiting on the pair's lease
     # Distinct gateway ports instead of one shared port (tests address each replica).
     gateway_ports: tuple[int, ...] = ()
     redis_url: str | None = None  # an existing cluster or single node
@@ -95,7 +96,10 @@ class LocalExchange:
         markets = load_markets(opts.pairs_file)
         exe = _exchange_command()
         for symbol in markets.pairs:
-            self.children.append(Child(f"engine[{symbol}]", [*exe, "engine", "--pair", symbol]))
+            # Identical processes: whichever takes the pair's lease leads, the rest wait.
+            for n in range(1 + opts.standbys):
+                self.children.append(Child(f"engine[{symbol}]#{n + 1}",
+                                           [*exe, "engine", "--pair", symbol]))
         self.children.append(Child("settlement", [*exe, "settlement"]))
         self.children.append(Child("api", [*exe, "api", "--host", opts.host,
                                            "--port", str(opts.api_port)]))
@@ -256,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=int(env.get("EXCHANGE_API_PORT", 8000)))
     parser.add_argument("--ws-port", type=int, default=int(env.get("EXCHANGE_WS_PORT", 8001)))
     parser.add_argument("--gateways", type=int, default=int(env.get("EXCHANGE_GATEWAYS", 2)))
+    parser.add_argument("--standbys", type=int,
+                        default=int(env.get("EXCHANGE_ENGINE_STANDBYS", 1)),
+                        help="standby engine processes per pair")
     parser.add_argument("--redis-url", default=env.get("REDIS_URL") or None,
                         help="use this Redis Cluster or single node instead of a local one")
     parser.add_argument("--redis-port", type=int, default=int(env.get("EXCHANGE_REDIS_PORT", 7000)),
@@ -272,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(choose another with --api-port / --ws-port)")
     options = UpOptions(
         data_dir=args.data_dir, host=args.host, api_port=args.api_port, ws_port=args.ws_port,
-        gateways=args.gateways, redis_url=args.redis_url, redis_base_port=args.redis_port,
+        gateways=args.gateways, standbys=args.standbys, redis_url=args.redis_url,
+        redis_base_port=args.redis_port,
         admin_token=env.get("EXCHANGE_ADMIN_TOKEN") or secrets.token_urlsafe(24),
         simulate_rate=args.simulate_rate, pairs_file=env.get("EXCHANGE_PAIRS_FILE"),
     )

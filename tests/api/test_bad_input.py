@@ -24,7 +24,9 @@ ORDER = {"symbol": "BTC-USD", "side": "buy", "price": "50000.00", "qty": "0.0010
     (json.dumps({**ORDER, "symbol": "DOGE-USD"}).encode(), 404, "UNKNOWN_SYMBOL"),
     (json.dumps({**ORDER, "price": "50000.005"}).encode(), 400, "INVALID_PRICE_TICK"),
     (json.dumps({**ORDER, "qty": "0.00001"}).encode(), 400, "INVALID_QTY_LOT"),
-    (json.dumps({**ORDER, "qty": "0.0001", "price": "1.00"}).encode(), 400, "MIN_NOTIONAL"),
+    # 0.001 ETH at 0.05 BTC is 0.00005 BTC, under ETH-BTC's 0.0001 minimum.
+    (json.dumps({**ORDER, "symbol": "ETH-BTC", "qty": "0.001", "price": "0.05000"}).encode(),
+     400, "MIN_NOTIONAL"),
     (json.dumps({**ORDER, "client_order_id": "x" * 65}).encode(), 400, "INVALID_REQUEST"),
     (json.dumps({**ORDER, "pad": "x" * 70_000}).encode(), 413, "PAYLOAD_TOO_LARGE"),
 ])

@@ -108,7 +108,9 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        # FastAPI's only 400 is a body it cannot decode (e.g. not UTF-8): not JSON.
+        code = {400: "INVALID_JSON", 404: "NOT_FOUND",
+                405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return _error(code, str(exc.detail), exc.status_code)
 
     @app.middleware("http")

@@ -18,7 +18,8 @@ FEE_ACCOUNT = "fees"
 class PairKeys:
     """Keys and the market-data channel of one trading pair, all in one slot."""
 
-    __slots__ = ("symbol", "inbox", "events", "state", "bids", "asks", "trades", "md", "lease")
+    __slots__ = ("asks", "bids", "events", "inbox", "lease", "md", "snapshot", "state", "symbol",
+                 "trades")
 
     def __init__(self, symbol: str) -> None:
         tag = "{" + symbol + "}"
@@ -31,6 +32,7 @@ class PairKeys:
         self.trades = f"{tag}:trades"  # newest-first wire trades, capped (list)
         self.md = f"{tag}:md"  # sharded pub/sub channel of market data
         self.lease = f"{tag}:lease"  # the writer's lease and fencing token
+        self.snapshot = f"{tag}:snapshot"  # the engine's latest state snapshot (string)
 
     def candles(self, interval: str) -> str:
         """Bars of one interval: a sorted set scored by bar start, members wire JSON."""

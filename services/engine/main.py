@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", required=True, help="the trading pair, e.g. BTC-USD")
     parser.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL))
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--snapshot-every", type=int,
+                        default=int(os.environ.get("EXCHANGE_SNAPSHOT_EVERY", 50_000)),
+                        help="committed inputs between state snapshots (0 = never)")
     args = parser.parse_args(argv)
     pair = load_markets().pair(args.pair)
 
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lease = Lease(redis, PairKeys(pair.symbol))
             await Engine(redis, pair, batch_size=args.batch_size, block_ms=200,
-                         lease=lease).run(stop)
+                         lease=lease, snapshot_every=args.snapshot_every).run(stop)
         finally:
             await redis.aclose()
 

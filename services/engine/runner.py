@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from importlib import resources
 
@@ -33,16 +34,23 @@ from services.common.redis_conn import AnyRedis
 from services.engine.book import OrderBook
 from services.engine.candles import Bar, Candles
 from services.engine.lease import Lease
+from services.engine.snapshot import capture, restore
 
 log = logging.getLogger("exchange.engine")
 
 TRADE_HISTORY = 1000  # trades kept for GET /markets/{symbol}/trades
 CANDLE_HISTORY = 5000  # bars kept per interval
 _COMMIT_LUA = resources.files("services.engine").joinpath("commit.lua").read_text()
+_SNAPSHOT_LUA = resources.files("services.engine").joinpath("snapshot_write.lua").read_text()
 
 
 # Lua KEYS index of each interval's candle key (after the 8 fixed keys).
 _CANDLE_KEY_INDEX = {interval: 9 + i for i, interval in enumerate(INTERVALS_MS)}
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as source:
+        return source.read()
 
 
 def entry_time_ms(entry_id: bytes) -> int:
@@ -54,7 +62,8 @@ class Engine:
     """Owns one pair's book and is the only writer of the pair's slot."""
 
     def __init__(self, redis: AnyRedis, pair: Pair, *, batch_size: int = 500,
-                 block_ms: int = 1000, lease: Lease | None = None) -> None:
+                 block_ms: int = 1000, lease: Lease | None = None,
+                 snapshot_every: int = 0) -> None:
         self.redis = redis
         self.pair = pair
         self.keys = keys.PairKeys(pair.symbol)
@@ -69,7 +78,12 @@ class Engine:
         self.md_seq = 0
         self.epoch = ""
         self._commit = redis.register_script(_COMMIT_LUA)
+        self._write_snapshot = redis.register_script(_SNAPSHOT_LUA)
         self._json = msgspec.json.Encoder()
+        self.snapshot_every = snapshot_every  # committed inputs between snapshots; 0 = none
+        self._since_snapshot = 0
+        self._last_input_id = ""
+        self._snapshotting: asyncio.Task[None] | None = None
 
     # ---- recovery -------------------------------------------------------------------
 
@@ -90,8 +104,12 @@ class Engine:
         self.book = OrderBook(band_bps=self.pair.market_band_bps)
         self.candles = Candles()
         last_input = state.get("last_input_id")
+        start = "-"
+        blob = await self.redis.get(k.snapshot) if last_input else None
+        if blob:
+            snap, self.book, self.candles = restore(blob, self.pair.market_band_bps)
+            start = "(" + snap.last_input_id
         if last_input:
-            start = "-"
             while True:
                 entries = await self.redis.xrange(k.inbox, start, last_input, count=1000)
                 for entry_id, fields in entries:
@@ -107,8 +125,10 @@ class Engine:
                 f"{self.pair.symbol}: replay gave event seq {self.book.last_seq}, "
                 f"committed state says {expected}"
             )
-        log.info("%s recovered: event seq %d, md seq %d, %d resting orders",
-                 self.pair.symbol, expected, self.md_seq, len(self.book.orders))
+        self._last_input_id = last_input or ""
+        log.info("%s recovered%s: event seq %d, md seq %d, %d resting orders",
+                 self.pair.symbol, " from a snapshot" if blob else "", expected, self.md_seq,
+                 len(self.book.orders))
 
     def _apply(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Event]:
         try:
@@ -245,6 +265,39 @@ class Engine:
                   *(k.candles(interval) for interval in INTERVALS_MS)],
             args=args)
         self.md_seq = md_seq
+        self._last_input_id = entries[-1][0].decode()
+        self._since_snapshot += len(entries)
+        if self.snapshot_every and self._since_snapshot >= self.snapshot_every and (
+                self._snapshotting is None or self._snapshotting.done()):
+            self._since_snapshot = 0
+            self._snapshotting = asyncio.create_task(self.snapshot())
+
+    async def snapshot(self) -> None:
+        """Write a snapshot of the state as of the last commit, without pausing matching:
+        a forked child serialises its copy-on-write image while this process goes on."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: serialise, hand the bytes over, and vanish
+            try:
+                os.close(read_end)
+                blob = capture(self.book, self.candles, last_input_id=self._last_input_id,
+                               md_seq=self.md_seq, epoch=self.epoch)
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(blob)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        try:
+            blob = await asyncio.to_thread(_read_all, read_end)
+        finally:
+            await asyncio.to_thread(os.waitpid, pid, 0)
+        try:
+            await self._write_snapshot(keys=[self.keys.snapshot, self.keys.lease],
+                                       args=[self.lease.token if self.lease else 0, blob])
+            log.info("%s: snapshot at input %s (%d bytes)", self.pair.symbol,
+                     self._last_input_id, len(blob))
+        except (RedisError, OSError) as exc:  # the next one will do; replay covers the gap
+            log.warning("%s: snapshot not written: %s", self.pair.symbol, exc)
 
     def _wire_bar(self, bar: Bar) -> bytes:
         pair = self.pair

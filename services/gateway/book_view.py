@@ -24,6 +24,7 @@ from services.common.messages import MarketDataUpdate
 
 Side = Literal["bids", "asks"]
 Level = tuple[int, int]  # (price ticks, lots)
+Held = tuple[dict[int, int], dict[int, int]]  # a subscriber's top N: bids, asks (ticks -> lots)
 
 
 class BookView:
@@ -129,6 +130,22 @@ class DepthStream:
     def top(self, view: BookView) -> tuple[list[Level], list[Level]]:
         """The levels a new subscriber's snapshot holds (valid while the invariant holds)."""
         return view.top("bids", self.depth), view.top("asks", self.depth)
+
+    def sent(self) -> Held:
+        """A copy of the levels held by an up-to-date subscriber (at `last_seq`)."""
+        return dict(self._sent["bids"]), dict(self._sent["asks"])
+
+    def changes_since(self, held: Held) -> tuple[list[Level], list[Level]]:
+        """The levels that take a subscriber holding `held` (an earlier `sent()`) to the
+        current top `depth`: one delta standing for all those emitted since (conflation).
+        Levels that left come first with 0 lots; a level never held is never removed."""
+        result: list[list[Level]] = []
+        for side, old in zip(("bids", "asks"), held, strict=True):
+            now = self._sent[side]
+            result.append([(price, 0) for price in old if price not in now]
+                          + [(price, lots) for price, lots in now.items()
+                             if old.get(price) != lots])
+        return result[0], result[1]
 
     def advance(self, view: BookView, update: MarketDataUpdate) -> DepthDelta | None:
         """Call after `view.apply(update)` changed the view. None when the top `depth`

@@ -1,10 +1,14 @@
 """One WebSocket connection's outgoing side: a bounded send queue and its writer task.
 
 Fan-out calls `send(frame)`, which never awaits: the frame (shared bytes, encoded once)
-is queued and this connection's own writer task writes it. A connection whose pending
-bytes pass `max_pending` is closed with 4008 "slow consumer", so a slow reader costs the
-others nothing (DESIGN §6). The writer also sends the heartbeat after `heartbeat_s`
-without any other frame.
+is queued and this connection's own writer task writes it. A slow reader costs the others
+nothing (DESIGN §6):
+- past `conflate_at` pending bytes the connection is `congested`: its book watches stop
+  queueing deltas and are `held` (feed.BookWatch); once the queue drains below the mark,
+  the writer has each held watch queue ONE delta for everything it skipped (conflation);
+- past `max_pending` bytes (trades, candles and the rest are never conflated) the
+  connection is closed with 4008 "slow consumer".
+The writer also sends the heartbeat after `heartbeat_s` without any other frame.
 """
 
 from __future__ import annotations
@@ -40,17 +44,29 @@ class Watch(Protocol):
         ...
 
 
+class Held(Protocol):
+    """A watch whose deltas are being conflated while its connection is congested."""
+
+    def flush(self) -> bool:
+        """Queue the one delta that stands for the skipped ones; False: not now (the
+        pair is resyncing), keep it held."""
+        ...
+
+
 class Client:
     """A connected client: its subscriptions and its outgoing queue."""
 
-    __slots__ = ("ws", "subs", "max_pending", "heartbeat_s", "_queue", "_pending", "_wakeup",
-                 "_writer", "_last_sent", "_closing", "_close_after", "_close_task")
+    __slots__ = ("ws", "subs", "held", "max_pending", "conflate_at", "heartbeat_s", "_queue",
+                 "_pending", "_wakeup", "_writer", "_last_sent", "_closing", "_close_after",
+                 "_close_task")
 
     def __init__(self, ws: ServerConnection, *, max_pending: int = 1 << 20,
-                 heartbeat_s: float = 1.0) -> None:
+                 conflate_at: int = 256 * 1024, heartbeat_s: float = 1.0) -> None:
         self.ws = ws
         self.subs: dict[TopicKey, Watch] = {}
+        self.held: set[Held] = set()
         self.max_pending = max_pending
+        self.conflate_at = conflate_at
         self.heartbeat_s = heartbeat_s
         self._queue: deque[bytes] = deque()
         self._pending = 0  # bytes queued and not yet handed to the socket
@@ -64,6 +80,15 @@ class Client:
     @property
     def pending_bytes(self) -> int:
         return self._pending
+
+    @property
+    def congested(self) -> bool:
+        """Too far behind for more book deltas: conflate them instead."""
+        return self._pending > self.conflate_at
+
+    @property
+    def closing(self) -> bool:
+        return self._closing or self._close_after is not None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{id(self.ws):x}")
@@ -103,7 +128,7 @@ class Client:
     def position(self) -> dict[str, int]:
         """The heartbeat's `pos`: "book:SYMBOL" -> the seq the client's book is at."""
         pos: dict[str, int] = {}
-        for (ch, symbol), watch in self.subs.items():
+        for (ch, symbol, _), watch in self.subs.items():
             if ch == "book" and (seq := watch.position()) is not None:
                 pos["book:" + symbol] = seq
         return pos
@@ -114,6 +139,12 @@ class Client:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+
+    def _flush_held(self) -> None:
+        held, self.held = self.held, set()
+        for watch in held:
+            if not watch.flush():
+                self.held.add(watch)
 
     async def _write(self) -> None:
         ws, queue = self.ws, self._queue
@@ -137,8 +168,11 @@ class Client:
                     continue
                 frame = queue.popleft()
                 await ws.send(frame, text=True)
-                if not self._closing:  # close() already zeroed the count
-                    self._pending -= len(frame)
                 self._last_sent = time.monotonic()
+                if self._closing:  # close() already zeroed the count
+                    continue
+                self._pending -= len(frame)
+                if self.held and self._pending <= self.conflate_at:
+                    self._flush_held()
         except ConnectionClosed:
             self._closing = True

@@ -10,7 +10,7 @@ import msgspec
 
 from services.common.book_cache import CHECKSUM_LEVELS, book_checksum
 from services.common.errors import ExchangeError
-from services.common.messages import TradeTick
+from services.common.messages import CandleTick, TradeTick
 from services.common.pairs import Pair
 from services.gateway.book_view import DepthDelta, Level
 
@@ -90,6 +90,22 @@ def trades(wire: PairWire, seq: int, ticks: list[TradeTick]) -> bytes:
         "data": [{"id": str(t.id), "px": px(t.price), "qty": qty(t.qty), "side": t.side,
                   "ts": t.ts} for t in ticks],
     })
+
+
+def candle(wire: PairWire, interval: str, bar: CandleTick, closed: bool) -> bytes:
+    """One interval's bar as it stands; sent once more with `closed` true when it ends."""
+    px = wire.px
+    return _encode({
+        "ch": "candles", "symbol": wire.symbol, "interval": interval,
+        "data": {"t": bar.t, "o": px(bar.o), "h": px(bar.h), "l": px(bar.l), "c": px(bar.c),
+                 "v": wire.qty(bar.v), "qv": wire.pair.quote.format(bar.qv), "n": bar.n,
+                 "closed": closed},
+    })
+
+
+def ticker(wire: PairWire, data: dict[str, str | None]) -> bytes:
+    """The pair's ticker; `data` has the REST ticker's fields."""
+    return _encode({"ch": "ticker", "symbol": wire.symbol, "data": data})
 
 
 def heartbeat(ts: int, pos: dict[str, int]) -> bytes:

@@ -12,29 +12,33 @@ from typing import Literal
 import msgspec
 
 from services.common.errors import ExchangeError
+from services.common.intervals import INTERVALS_MS
 from services.common.pairs import Markets
 
 BOOK_DEPTHS = (10, 50, 200)
 DEFAULT_BOOK_DEPTH = 50
 MAX_ID_LENGTH = 64
 
-Channel = Literal["book", "trades"]
-TopicKey = tuple[str, str]  # (channel, symbol): one subscription per pair and channel
+Channel = Literal["book", "trades", "candles", "ticker"]
+CHANNELS: tuple[Channel, ...] = ("book", "trades", "candles", "ticker")
+# (channel, symbol, interval): one subscription per pair and channel (and candle interval)
+TopicKey = tuple[str, str, str]
 
 _decode = msgspec.json.decode
 
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """One subscription argument; `depth` is 0 for channels without one."""
+    """One subscription argument; `depth` is 0 and `interval` "" for channels without."""
 
     ch: Channel
     symbol: str
     depth: int = 0
+    interval: str = ""
 
     @property
     def key(self) -> TopicKey:
-        return (self.ch, self.symbol)
+        return (self.ch, self.symbol, self.interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,7 @@ class RequestError(ExchangeError):
 
 def parse_request(frame: str | bytes, markets: Markets) -> Request:
     """The validated request in `frame`, or RequestError (INVALID_JSON, INVALID_REQUEST,
-    UNKNOWN_OP, UNKNOWN_CHANNEL, UNKNOWN_SYMBOL, INVALID_DEPTH)."""
+    UNKNOWN_OP, UNKNOWN_CHANNEL, UNKNOWN_SYMBOL, INVALID_DEPTH, INVALID_INTERVAL)."""
     if isinstance(frame, bytes):
         raise RequestError("INVALID_REQUEST", "frames must be JSON text, not binary")
     try:
@@ -92,12 +96,21 @@ def _parse_topics(args: object, markets: Markets, with_depth: bool) -> tuple[Top
         if not isinstance(arg, dict):
             raise ExchangeError("INVALID_REQUEST", "each arg must be an object")
         ch = arg.get("ch")
-        if ch not in ("book", "trades"):
+        if ch not in CHANNELS:
             raise ExchangeError("UNKNOWN_CHANNEL", f"unknown channel {str(ch)[:32]!r}")
         symbol = markets.pair(arg.get("symbol")).symbol
         depth = _depth(arg.get("depth", DEFAULT_BOOK_DEPTH)) if ch == "book" and with_depth else 0
-        topics[(ch, symbol)] = Topic(ch, symbol, depth)
+        interval = _interval(arg.get("interval")) if ch == "candles" else ""
+        topic = Topic(ch, symbol, depth, interval)
+        topics[topic.key] = topic
     return tuple(topics.values())
+
+
+def _interval(value: object) -> str:
+    if not isinstance(value, str) or value not in INTERVALS_MS:
+        raise ExchangeError("INVALID_INTERVAL",
+                            f"interval must be one of {', '.join(INTERVALS_MS)}")
+    return value
 
 
 def _depth(value: object) -> int:
@@ -106,3 +119,32 @@ def _depth(value: object) -> int:
         raise ExchangeError("INVALID_DEPTH",
                             f"depth must be one of {', '.join(map(str, BOOK_DEPTHS))}")
     return value
+
+
+class FrameRateLimit:
+    """Client frames per second: a token bucket (`per_s`, `burst`). A frame without a
+    token is refused; refused frames accumulate as excess, forgiven at
+    `forgive_per_s`, and excess above `max_excess` means the client keeps flooding."""
+
+    __slots__ = ("burst", "excess", "forgive_per_s", "max_excess", "per_s", "stamp", "tokens")
+
+    def __init__(self, per_s: float, burst: int, max_excess: int, now: float,
+                 forgive_per_s: float = 1.0) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.max_excess = max_excess
+        self.forgive_per_s = forgive_per_s
+        self.tokens = float(burst)
+        self.excess = 0.0
+        self.stamp = now
+
+    def check(self, now: float) -> Literal["ok", "refused", "flood"]:
+        """Count one frame at monotonic time `now`."""
+        elapsed, self.stamp = now - self.stamp, now
+        self.tokens = min(self.burst, self.tokens + elapsed * self.per_s)
+        self.excess = max(0.0, self.excess - elapsed * self.forgive_per_s)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return "ok"
+        self.excess += 1
+        return "flood" if self.excess > self.max_excess else "refused"

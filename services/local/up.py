@@ -2,8 +2,8 @@
 
 A local Redis Cluster (or the one REDIS_URL names), an engine process per pair plus a
 standby waiting on the pair's lease, settlement, the API with the web page, gateway
-replicas sharing one port, and a simulated market. Ctrl-C (SIGINT) or SIGTERM stops every child cleanly. What was
-started is written to `.exchange/endpoints.json`.
+replicas sharing one port, and a simulated market. Ctrl-C (SIGINT) or SIGTERM stops
+every child cleanly. What was started is written to `.exchange/endpoints.json`.
 """
 
 from __future__ import annotations

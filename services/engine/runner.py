@@ -84,6 +84,7 @@ class Engine:
         self._since_snapshot = 0
         self._last_input_id = ""
         self._snapshotting: asyncio.Task[None] | None = None
+        self._previous_snapshot_input = ""
 
     # ---- recovery -------------------------------------------------------------------
 
@@ -275,12 +276,13 @@ class Engine:
     async def snapshot(self) -> None:
         """Write a snapshot of the state as of the last commit, without pausing matching:
         a forked child serialises its copy-on-write image while this process goes on."""
+        snapshot_input = self._last_input_id
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: serialise, hand the bytes over, and vanish
             try:
                 os.close(read_end)
-                blob = capture(self.book, self.candles, last_input_id=self._last_input_id,
+                blob = capture(self.book, self.candles, last_input_id=snapshot_input,
                                md_seq=self.md_seq, epoch=self.epoch)
                 with os.fdopen(write_end, "wb") as out:
                     out.write(blob)
@@ -295,7 +297,13 @@ class Engine:
             await self._write_snapshot(keys=[self.keys.snapshot, self.keys.lease],
                                        args=[self.lease.token if self.lease else 0, blob])
             log.info("%s: snapshot at input %s (%d bytes)", self.pair.symbol,
-                     self._last_input_id, len(blob))
+                     snapshot_input, len(blob))
+            # Inputs before the previous snapshot are needed by no recovery: one whole
+            # generation is kept as a margin (and for the stranded-order search).
+            if self._previous_snapshot_input:
+                await self.redis.xtrim(self.keys.inbox, minid=self._previous_snapshot_input,
+                                       approximate=True)
+            self._previous_snapshot_input = snapshot_input
         except (RedisError, OSError) as exc:  # the next one will do; replay covers the gap
             log.warning("%s: snapshot not written: %s", self.pair.symbol, exc)
 

@@ -9,14 +9,23 @@ from importlib import resources
 
 from redis.exceptions import ResponseError
 
+from services.api.order_rules import MAX_EXACT_UNITS
 from services.api.secrets_box import SecretBox
 from services.common import keys
 from services.common.errors import ExchangeError
-from services.common.pairs import Markets
+from services.common.pairs import Asset, Markets
 from services.common.redis_conn import AnyRedis
 
 _DEPOSIT_LUA = resources.files("services.api").joinpath("deposit.lua").read_text()
 _WITHDRAW_LUA = resources.files("services.api").joinpath("withdraw.lua").read_text()
+
+
+def _amount_units(asset: Asset, amount: str) -> int:
+    """An operator amount in units, small enough for Redis integers and exact Lua math."""
+    units = asset.to_units(amount)
+    if units >= MAX_EXACT_UNITS:
+        raise ExchangeError("INVALID_AMOUNT", "amount is too large")
+    return units
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class AccountStore:
 
     async def deposit(self, account_id: str, asset_symbol: str, amount: str) -> int:
         asset = self.markets.asset(asset_symbol)
-        units = asset.to_units(amount)
+        units = _amount_units(asset, amount)
         account = keys.AccountKeys(account_id)
         try:
             return int(await self._deposit(keys=[account.profile, account.balances],
@@ -92,7 +101,7 @@ class AccountStore:
 
     async def withdraw(self, account_id: str, asset_symbol: str, amount: str) -> int:
         asset = self.markets.asset(asset_symbol)
-        units = asset.to_units(amount)
+        units = _amount_units(asset, amount)
         account = keys.AccountKeys(account_id)
         try:
             return int(await self._withdraw(keys=[account.profile, account.balances],

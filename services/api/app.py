@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import asynccontextmanager
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from importlib import resources
 from typing import Annotated, Literal
 
@@ -30,6 +30,7 @@ from services.api.secrets_box import SecretBox
 from services.api.settings import ApiSettings
 from services.common import keys
 from services.common.book_cache import book_checksum, read_book, wire_levels
+from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
 from services.common.intervals import INTERVALS_MS
 from services.common.pairs import Markets, Pair, load_markets
@@ -83,8 +84,10 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         app.state.accounts = AccountStore(redis, markets, box, rate_per_s=settings.rate_per_s,
                                           burst=settings.burst)
         app.state.admit = redis.register_script(_ADMIT_LUA)
-        app.state.orders = OrderService(redis, markets)
+        app.state.durable = await DurableWriter.for_deployment(redis)
+        app.state.orders = OrderService(redis, markets, app.state.durable)
         yield
+        await app.state.durable.aclose()
         await redis.aclose()
 
     app = FastAPI(title="Exchange API", version="1", lifespan=lifespan,
@@ -105,6 +108,12 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
             return _error("INVALID_JSON", "the body is not valid JSON", 400)
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         return _error("INVALID_REQUEST", f"{where}: {first.get('msg', 'invalid')}", 400)
+
+    @app.exception_handler(DecimalException)
+    async def number_out_of_range(_: Request, exc: DecimalException) -> JSONResponse:
+        # A decimal string whose exponent overflows exact arithmetic (e.g. "1e999999999")
+        # is refused like any other non-number; it is raised before anything is written.
+        return _error("INVALID_NUMBER", "a decimal is out of range", 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,6 +9,9 @@ if ARGV[4] ~= '' then
   local first = redis.call('HGET', KEYS[4], ARGV[4])
   if first then return {0, first} end
 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, ARGV[3]}  -- this very hold, sent again after a lost reply: held once
+end
 local available = redis.call('HGET', KEYS[1], 'avail:' .. ARGV[1]) or '0'
 if tonumber(available) < tonumber(ARGV[2]) then
   return {-1, 'INSUFFICIENT_FUNDS'}

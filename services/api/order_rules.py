@@ -95,6 +95,10 @@ def plan_order(pair: Pair, req: OrderRequest, ref: MarketRef) -> OrderPlan:
             # The engine re-checks against the live book; this refuses the obvious case.
             raise _refuse("POST_ONLY_WOULD_TAKE", "a post-only order must not take liquidity")
     lots = pair.qty_to_lots(req.qty) if req.qty is not None else 0
+    # Whatever the side, the order's value at its prices must stay exact (a sell holds
+    # base, so the hold check below does not bound its price).
+    if pair.notional_units(max(price, stop_price), max(lots, 1)) >= MAX_EXACT_UNITS:
+        raise _refuse("QTY_TOO_LARGE", "order value is too large")
 
     quote_cap = 0
     if req.quote_qty is not None:

@@ -14,9 +14,12 @@ import time
 from decimal import ROUND_HALF_EVEN, Decimal
 from importlib import resources
 
+from redis.asyncio.client import Pipeline
+
 from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order
 from services.api.schemas import AmendRequest, OrderRequest
 from services.common import keys
+from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
 from services.common.messages import AmendOrder, CancelAll, CancelOrder, Command, encode
 from services.common.order_record import place_command
@@ -39,9 +42,12 @@ def new_order_id() -> str:
 
 
 class OrderService:
-    def __init__(self, redis: AnyRedis, markets: Markets) -> None:
+    def __init__(self, redis: AnyRedis, markets: Markets,
+                 durable: DurableWriter | None = None) -> None:
         self.redis = redis
         self.markets = markets
+        # Holds and commands are acknowledged only once on a replica (0 replicas: as is).
+        self.durable = durable or DurableWriter(redis, replicas=0)
         self._hold = redis.register_script(_HOLD_LUA)
         self._amend_hold = redis.register_script(_AMEND_HOLD_LUA)
 
@@ -70,12 +76,16 @@ class OrderService:
             "hold_asset": plan.hold_asset.symbol, "hold_left": plan.hold,
         }
         account = keys.AccountKeys(account_id)
-        outcome, detail = await self._hold(
-            keys=[account.balances, account.order(order_id), account.open_orders,
-                  account.client_ids, account.unconfirmed],
-            args=[plan.hold_asset.symbol, plan.hold, order_id, req.client_order_id or "", now,
-                  *(x for item in record.items() for x in item)],
-        )
+
+        async def hold(pipe: Pipeline) -> None:
+            await self._hold(
+                keys=[account.balances, account.order(order_id), account.open_orders,
+                      account.client_ids, account.unconfirmed],
+                args=[plan.hold_asset.symbol, plan.hold, order_id, req.client_order_id or "",
+                      now, *(x for item in record.items() for x in item)],
+                client=pipe)
+
+        [(outcome, detail)] = await self.durable.run(account.balances, hold)
         if outcome == -1:
             raise ExchangeError("INSUFFICIENT_FUNDS",
                                 f"not enough {plan.hold_asset.symbol} available for this order")
@@ -85,8 +95,13 @@ class OrderService:
         return order_to_wire(pair, record), True
 
     async def _enqueue(self, pair: Pair, command: Command) -> None:
-        await self.redis.xadd(keys.PairKeys(pair.symbol).inbox,
-                              {"c": encode(command), "tp": current_traceparent()})
+        inbox = keys.PairKeys(pair.symbol).inbox
+        entry = {"c": encode(command), "tp": current_traceparent()}
+
+        async def append(pipe: Pipeline) -> None:
+            pipe.xadd(inbox, entry)
+
+        await self.durable.run(inbox, append)
 
     async def amend(self, account_id: str, order_id: str,
                     req: AmendRequest) -> dict[str, object]:
@@ -113,7 +128,7 @@ class OrderService:
             asset = pair.quote
         else:
             per_lot, asset = pair.base_units_per_lot, pair.base
-        if new_qty * per_lot >= MAX_EXACT_UNITS:
+        if max(new_qty * per_lot, pair.notional_units(new_price, new_qty)) >= MAX_EXACT_UNITS:
             raise ExchangeError("QTY_TOO_LARGE", "order value is too large")
         account = keys.AccountKeys(account_id)
         outcome = await self._amend_hold(

@@ -37,7 +37,8 @@ class MarketStatusRequest(_Strict):
 
 
 class RateLimit(_Strict):
-    per_second: float = Field(gt=0, le=100_000)
+    # At least one request per 1000 s: slower rates overflow the bucket's arithmetic.
+    per_second: float = Field(ge=0.001, le=100_000)
     burst: int = Field(ge=1, le=1_000_000)
 
 

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.accounts import AccountStore
 from services.api.auth import operator, signed_account
+from services.api.error_docs import document_errors
 from services.api.orders import OrderService
 from services.api.schemas import (
     AmendRequest,
@@ -335,4 +336,5 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         return {"account_id": body.account_id, "asset": asset.symbol,
                 "available": asset.format(available)}
 
+    document_errors(app)
     return app

@@ -265,14 +265,21 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
     async def list_orders(request: Request, account_id: Account, symbol: str | None = None,
                           status: Literal["open", "closed"] = "open",
                           limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                          after: Annotated[str | None, Query(max_length=64)] = None,
                           ) -> list[dict[str, object]]:
-        """Open orders oldest first, or closed ones newest first (the last 1000)."""
-        return await request.app.state.orders.list_orders(account_id, symbol, status, limit)
+        """Open orders oldest first, or closed ones newest first (the last 1000). Page
+        with `after` = the last order_id received."""
+        return await request.app.state.orders.list_orders(account_id, symbol, status, limit,
+                                                          after)
 
     @app.get("/api/v1/fills", tags=["trading"])
     async def fills(request: Request, account_id: Account, symbol: str | None = None,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[object]:
-        return await request.app.state.orders.fills(account_id, symbol, limit)
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                    before: Annotated[str | None, Query(max_length=130)] = None,
+                    ) -> list[object]:
+        """Fills newest first (the last 1000). Page with `before` = `TRADE_ID:ORDER_ID`
+        of the last fill received."""
+        return await request.app.state.orders.fills(account_id, symbol, limit, before)
 
     @app.get("/api/v1/orders/{order_id}", tags=["trading"])
     async def get_order(request: Request, order_id: str,

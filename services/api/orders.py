@@ -190,14 +190,17 @@ class OrderService:
         return await self.get(account_id, order_id), False
 
     async def list_orders(self, account_id: str, symbol: str | None, status: str,
-                          limit: int) -> list[dict[str, object]]:
-        """Open orders (oldest first) or the most recently ended ones (newest first)."""
+                          limit: int, after: str | None = None) -> list[dict[str, object]]:
+        """Open orders (oldest first) or the most recently ended ones (newest first);
+        `after` = the last order_id of the previous page."""
         pair = self.markets.pair(symbol) if symbol else None
         account = keys.AccountKeys(account_id)
         if status == "open":
             ids = sorted(oid.decode() for oid in await self.redis.smembers(account.open_orders))
         else:
             ids = [oid.decode() for oid in await self.redis.lrange(account.closed_orders, 0, -1)]
+        if after is not None:
+            ids = ids[ids.index(after) + 1:] if after in ids else []
         found: list[dict[str, object]] = []
         for order_id in ids:  # ids are time-ordered, so sorting them sorts by creation
             order = await self.get(account_id, order_id)
@@ -207,13 +210,19 @@ class OrderService:
                     break
         return found
 
-    async def fills(self, account_id: str, symbol: str | None, limit: int) -> list[object]:
-        """The account's fills, newest first (the last 1000 are kept)."""
+    async def fills(self, account_id: str, symbol: str | None, limit: int,
+                    before: str | None = None) -> list[object]:
+        """The account's fills, newest first (the last 1000 are kept); `before` = the
+        (trade_id, order_id) cursor `TRADE:ORDER` of the last fill of the previous page."""
         pair = self.markets.pair(symbol) if symbol else None
         raw = await self.redis.lrange(keys.AccountKeys(account_id).fills, 0, -1)
         found = []
+        passed = before is None
         for item in raw:
             fill = json.loads(item)
+            if not passed:
+                passed = f"{fill['trade_id']}:{fill['order_id']}" == before
+                continue
             if pair is None or fill["symbol"] == pair.symbol:
                 found.append(fill)
                 if len(found) == limit:

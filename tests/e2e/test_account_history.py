@@ -66,6 +66,12 @@ async def test_open_and_closed_orders_and_fills_read_back_with_fees(
     closed = await maker.call("GET", "/api/v1/orders?status=closed&limit=5", signed=True)
     assert closed[0]["order_id"] == resting["order_id"] and closed[0]["fee"] == "0.612340"
     [maker_fill] = await maker.call("GET", "/api/v1/fills?symbol=BTC-USD", signed=True)
+    # Paging: after the last (only) fill, nothing; after the closed order, nothing older.
+    cursor = f"{maker_fill['trade_id']}:{maker_fill['order_id']}"
+    assert await maker.call("GET", f"/api/v1/fills?before={cursor}", signed=True) == []
+    two = await maker.call("GET", "/api/v1/orders?status=open&limit=1", signed=True)
+    assert await maker.call("GET", f"/api/v1/orders?status=open&after={two[0]['order_id']}",
+                            signed=True) == []
     [taker_fill] = await taker.call("GET", "/api/v1/fills", signed=True)
     # 0.01 BTC at 61234 = 612.34 USD: 0.1 % maker fee 0.61234, 0.2 % taker fee 1.22468.
     assert {k: maker_fill[k] for k in ("px", "qty", "side", "fee", "fee_asset", "liquidity")} \

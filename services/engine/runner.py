@@ -1,9 +1,10 @@
 """The engine process of one pair: read commands in batches, match, commit atomically.
 
-Crash safety: a batch's events, book cache, market data and input acknowledgements
-are written by ONE script on the pair's slot, so a batch is committed whole or not at
-all. On start (or after a failed commit) the book is rebuilt by replaying every
-committed input through the pure book, which reproduces the same state exactly.
+Crash safety: a batch's events, book cache, candles, market data and input
+acknowledgements are written by ONE script on the pair's slot, so a batch is committed
+whole or not at all, and only by the holder of the pair's lease (fencing token). On
+start (or after a failed commit) the state is rebuilt from the latest snapshot plus the
+committed inputs after it, replayed through the pure book: the same state exactly.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from services.common.messages import MarketDataUpdate
 
 Side = Literal["bids", "asks"]
 Level = tuple[int, int]  # (price ticks, lots)
-Held = tuple[dict[int, int], dict[int, int]]  # a subscriber's top N: bids, asks (ticks -> lots)
+TopN = tuple[dict[int, int], dict[int, int]]  # a subscriber's top N: bids, asks (ticks -> lots)
 
 
 class BookView:
@@ -131,11 +131,11 @@ class DepthStream:
         """The levels a new subscriber's snapshot holds (valid while the invariant holds)."""
         return view.top("bids", self.depth), view.top("asks", self.depth)
 
-    def sent(self) -> Held:
+    def sent(self) -> TopN:
         """A copy of the levels held by an up-to-date subscriber (at `last_seq`)."""
         return dict(self._sent["bids"]), dict(self._sent["asks"])
 
-    def changes_since(self, held: Held) -> tuple[list[Level], list[Level]]:
+    def changes_since(self, held: TopN) -> tuple[list[Level], list[Level]]:
         """The levels that take a subscriber holding `held` (an earlier `sent()`) to the
         current top `depth`: one delta standing for all those emitted since (conflation).
         Levels that left come first with 0 lots; a level never held is never removed."""

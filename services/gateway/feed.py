@@ -8,7 +8,13 @@ same sync runs again and every book watcher of the pair gets a fresh snapshot.
 
 Fan-out: each update is decoded once; per depth with watchers, one delta frame is
 encoded once (only if that depth's top N changed) and the same bytes queued to every
-watcher of that depth; likewise one trades frame for all trade watchers.
+watcher of that depth (a congested watcher conflates instead: see BookWatch); likewise
+one trades frame for all trade watchers, one candle frame per interval (bar_channels).
+
+Candles and ticker need no seq continuity (bar states are absolute and ordered, see
+bars.py): they take every update as it comes, and are (re)seeded from Redis once the
+subscription is up, when their first watcher arrives and whenever updates may have been
+lost (the same events that resync the book).
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ from collections.abc import Callable
 
 import msgspec
 
-from services.common.book_cache import read_book
+from services.common.book_cache import CHECKSUM_LEVELS, read_book
 from services.common.keys import PairKeys
-from services.common.messages import MarketDataUpdate, md_decoder
+from services.common.messages import CandleTick, MarketDataUpdate, md_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.gateway import frames
-from services.gateway.book_view import BookView, DepthStream
+from services.gateway.bar_channels import CandleChannel, TickerChannel, now_ms
+from services.gateway.bars import parse_bar, window_start
+from services.gateway.book_view import BookView, DepthDelta, DepthStream, TopN
 from services.gateway.client import Client
 from services.gateway.subscriber import LINK_ERRORS, ShardedSubscriber
 
@@ -38,19 +46,69 @@ SYNC_MAX_BACKOFF_S = 2.0
 
 
 class BookWatch:
-    """A client's subscription to a pair's book at one depth."""
+    """A client's subscription to a pair's book at one depth.
 
-    __slots__ = ("feed", "depth", "synced")
+    Conflation: a delta queued while the client is congested makes the watch `held`: it
+    keeps a copy of the levels the client will then hold (`base`, at `sent_seq`) and
+    queues no more deltas. When the client's queue drains, `flush` queues ONE delta from
+    `base` to the stream's current top N, `prev_seq` = `sent_seq`, so the client's seq
+    chain and checksums stay valid however many updates it skipped.
+    """
 
-    def __init__(self, feed: PairFeed, depth: int) -> None:
+    __slots__ = ("feed", "client", "depth", "synced", "sent_seq", "base")
+
+    def __init__(self, feed: PairFeed, client: Client, depth: int) -> None:
         self.feed = feed
+        self.client = client
         self.depth = depth
         self.synced = False  # its snapshot was queued; deltas follow it
+        self.sent_seq = 0  # seq of the last book frame queued to the client
+        self.base: TopN | None = None  # held: the levels the client holds at sent_seq
 
     def position(self) -> int | None:
-        if not self.synced:
-            return None
-        return self.feed.streams[self.depth].last_seq
+        return self.sent_seq if self.synced else None
+
+    def snapshot(self, frame: bytes, seq: int) -> None:
+        """Queue a snapshot: it replaces whatever was held."""
+        self.client.send(frame)
+        self.synced = True
+        self.sent_seq = seq
+        self.release()
+
+    def deliver(self, frame: bytes, seq: int) -> None:
+        """Queue a delta of the stream, or skip it while held."""
+        if self.base is not None:
+            return
+        client = self.client
+        client.send(frame)
+        self.sent_seq = seq
+        if client.congested:
+            self.base = self.feed.streams[self.depth].sent()
+            client.held.add(self)
+
+    def flush(self) -> bool:
+        """Client.Held: queue one delta for what was skipped (False: resyncing, later)."""
+        feed, base = self.feed, self.base
+        stream = feed.streams.get(self.depth)
+        if base is None or stream is None:
+            return True
+        if not feed.live:
+            return False  # the view is mid-resync; a snapshot will replace all this
+        self.base = None
+        if stream.last_seq == self.sent_seq:
+            return True
+        view = feed.view
+        bids, asks = stream.changes_since(base)
+        k = min(CHECKSUM_LEVELS, self.depth)
+        delta = DepthDelta(stream.last_seq, self.sent_seq, bids, asks,
+                           view.top("bids", k), view.top("asks", k))
+        self.client.send(frames.book_delta(feed.wire, self.depth, view.epoch, view.ts, delta))
+        self.sent_seq = stream.last_seq
+        return True
+
+    def release(self) -> None:
+        self.base = None
+        self.client.held.discard(self)
 
 
 class TradesWatch:
@@ -63,6 +121,34 @@ class TradesWatch:
 
     def position(self) -> int | None:
         return None
+
+
+class CandlesWatch:
+    """A client's subscription to one interval of a pair's candles."""
+
+    __slots__ = ("feed", "interval")
+
+    def __init__(self, feed: PairFeed, interval: str) -> None:
+        self.feed = feed
+        self.interval = interval
+
+    def position(self) -> int | None:
+        return None
+
+
+class TickerWatch:
+    """A client's subscription to a pair's ticker."""
+
+    __slots__ = ("feed",)
+
+    def __init__(self, feed: PairFeed) -> None:
+        self.feed = feed
+
+    def position(self) -> int | None:
+        return None
+
+
+AnyWatch = BookWatch | TradesWatch | CandlesWatch | TickerWatch
 
 
 class PairFeed:
@@ -83,7 +169,12 @@ class PairFeed:
         self.streams: dict[int, DepthStream] = {}
         self.book_watchers: dict[int, dict[Client, BookWatch]] = {}
         self.trade_watchers: set[Client] = set()
+        self.candles: dict[str, CandleChannel] = {}  # interval -> its channel
+        self.ticker: TickerChannel | None = None
         self._on_lost = on_lost
+        self._subscribed = asyncio.Event()  # SSUBSCRIBE done: reads of Redis miss nothing
+        self._seed_wanted = False
+        self._seed_task: asyncio.Task[None] | None = None
         self._snapshots: dict[int, bytes] = {}  # depth -> snapshot frame at its last_seq
         self._buffer: list[MarketDataUpdate] = []
         self._overflowed = False
@@ -98,7 +189,8 @@ class PairFeed:
     @property
     def idle(self) -> bool:
         """No watcher left: the owner stops the feed."""
-        return not self.book_watchers and not self.trade_watchers
+        return not (self.book_watchers or self.trade_watchers or self.candles
+                    or self.ticker is not None)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -110,21 +202,30 @@ class PairFeed:
     async def stop(self) -> None:
         """Stop syncing and drop the Redis subscription."""
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._stop_timers()
+        tasks = [t for t in (self._task, self._seed_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.live = False
         await self.subscriber.unsubscribe(self.keys.md)
 
+    def _stop_timers(self) -> None:
+        for channel in self.candles.values():
+            channel.stop()
+        if self.ticker is not None:
+            self.ticker.stop()
+
     async def _start(self) -> None:
         await self.subscriber.subscribe(self.keys.md, self)
+        self._subscribed.set()
         await self._sync()
 
     # ---- watchers -----------------------------------------------------------------------
 
     def watch_book(self, client: Client, depth: int) -> BookWatch:
         """Add a book watcher; it gets a snapshot now if synced, else once synced."""
-        watch = BookWatch(self, depth)
+        watch = BookWatch(self, client, depth)
         watchers = self.book_watchers.get(depth)
         if watchers is None:
             watchers = self.book_watchers[depth] = {}
@@ -133,18 +234,51 @@ class PairFeed:
                 stream.reset(self.view)
         watchers[client] = watch
         if self.live:
-            self._send_snapshot(client, watch)
+            self._send_snapshot(watch)
         return watch
 
     def watch_trades(self, client: Client) -> TradesWatch:
         self.trade_watchers.add(client)
         return TradesWatch(self)
 
-    def unwatch(self, client: Client, watch: BookWatch | TradesWatch) -> None:
+    def watch_candles(self, client: Client, interval: str) -> CandlesWatch:
+        """Add a candles watcher; it gets the current bar now if known, else once read."""
+        channel = self.candles.get(interval)
+        if channel is None:
+            channel = self.candles[interval] = CandleChannel(self.wire, interval)
+            self._want_seed()
+        channel.watch(client)
+        return CandlesWatch(self, interval)
+
+    def watch_ticker(self, client: Client) -> TickerWatch:
+        """Add a ticker watcher; it gets the last ticker now if there is one."""
+        if self.ticker is None:
+            self.ticker = TickerChannel(self)
+            self._want_seed()
+        self.ticker.watch(client)
+        return TickerWatch(self)
+
+    def unwatch(self, client: Client, watch: AnyWatch) -> None:
         """Remove one watcher; nothing is sent to it for this watch afterwards."""
         if isinstance(watch, TradesWatch):
             self.trade_watchers.discard(client)
             return
+        if isinstance(watch, CandlesWatch):
+            channel = self.candles.get(watch.interval)
+            if channel is not None:
+                channel.watchers.discard(client)
+                if not channel.watchers:
+                    channel.stop()
+                    del self.candles[watch.interval]
+            return
+        if isinstance(watch, TickerWatch):
+            if self.ticker is not None:
+                self.ticker.watchers.discard(client)
+                if not self.ticker.watchers:
+                    self.ticker.stop()
+                    self.ticker = None
+            return
+        watch.release()
         watchers = self.book_watchers.get(watch.depth)
         if watchers is None or watchers.get(client) is not watch:
             return
@@ -158,6 +292,10 @@ class PairFeed:
         found = set(self.trade_watchers)
         for watchers in self.book_watchers.values():
             found.update(watchers)
+        for channel in self.candles.values():
+            found.update(channel.watchers)
+        if self.ticker is not None:
+            found.update(self.ticker.watchers)
         return found
 
     # ---- ChannelHandler -----------------------------------------------------------------
@@ -177,6 +315,11 @@ class PairFeed:
             frame = frames.trades(self.wire, update.seq, update.trades)
             for client in self.trade_watchers:
                 client.send(frame)
+        if update.candles and self.candles:
+            self._offer_candles(update.candles)
+        ticker = self.ticker
+        if ticker is not None:
+            ticker.on_update(update)
         if not self.live:
             if len(self._buffer) < MAX_BUFFERED:
                 self._buffer.append(update)
@@ -193,6 +336,8 @@ class PairFeed:
             return
         if self.view.seq != seq:
             self._publish(update)
+            if ticker is not None:
+                ticker.on_book()
 
     def on_resync(self) -> None:
         """Updates may have been lost (the subscription broke): sync again."""
@@ -202,8 +347,10 @@ class PairFeed:
         """The subscription cannot be restored: the owner tells the watchers."""
         self._stopped = True
         self.live = False
-        if self._task is not None:
-            self._task.cancel()
+        self._stop_timers()
+        for task in (self._task, self._seed_task):
+            if task is not None:
+                task.cancel()
         self._on_lost(self)
 
     # ---- sync ---------------------------------------------------------------------------
@@ -213,6 +360,7 @@ class PairFeed:
             return
         self.live = False
         self._buffer.clear()
+        self._want_seed()  # candle and ticker updates may have been lost too
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._sync(), name=f"feed-sync-{self.symbol}")
             self._task.add_done_callback(_log_failure)
@@ -246,9 +394,53 @@ class PairFeed:
         self._snapshots.clear()
         for depth, stream in self.streams.items():
             stream.reset(self.view)
-            for client, watch in self.book_watchers[depth].items():
-                self._send_snapshot(client, watch)
+            for watch in self.book_watchers[depth].values():
+                self._send_snapshot(watch)
+        if self.ticker is not None:
+            self.ticker.on_book()
         log.info("%s: synced at seq %d epoch %s", self.symbol, self.view.seq, self.view.epoch)
+
+    # ---- candles and ticker seeds ---------------------------------------------------------
+
+    def _want_seed(self) -> None:
+        """(Re)read the current bars (and the ticker's inputs) from Redis, soon."""
+        if self._stopped or not (self.candles or self.ticker):
+            return
+        self._seed_wanted = True
+        if self._seed_task is None or self._seed_task.done():
+            self._seed_task = asyncio.create_task(self._seed(), name=f"feed-seed-{self.symbol}")
+            self._seed_task.add_done_callback(_log_failure)
+
+    async def _seed(self) -> None:
+        await self._subscribed.wait()  # what is committed after the read then reaches us
+        delay = SYNC_BACKOFF_S
+        while self._seed_wanted:
+            self._seed_wanted = False
+            intervals, ticker = list(self.candles), self.ticker
+            keys, pair = self.keys, self.pair
+            pipe = self.redis.pipeline(transaction=True)
+            for interval in intervals:
+                pipe.zrange(keys.candles(interval), -1, -1)  # the newest bar
+            if ticker is not None:
+                pipe.hmget(keys.state, "epoch", "md_seq", "last_price")
+                pipe.zrangebyscore(keys.candles("1m"), window_start(now_ms()), "+inf")
+            try:
+                results = await pipe.execute()
+            except LINK_ERRORS as exc:
+                log.warning("%s: reading bars failed: %r", self.symbol, exc)
+                self._seed_wanted = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SYNC_MAX_BACKOFF_S)
+                continue
+            delay = SYNC_BACKOFF_S
+            for interval, newest in zip(intervals, results, strict=False):
+                channel = self.candles.get(interval)
+                if channel is not None and newest:
+                    channel.offer([parse_bar(pair, interval, newest[0])])
+            if ticker is not None and ticker is self.ticker:
+                (epoch, md_seq, last), bars = results[len(intervals):]
+                ticker.load(((epoch or b"").decode(), int(md_seq or 0)), int(last or 0),
+                            [parse_bar(pair, "1m", bar) for bar in bars])
 
     # ---- fan-out ------------------------------------------------------------------------
 
@@ -260,10 +452,17 @@ class PairFeed:
                 continue
             self._snapshots.pop(depth, None)
             frame = frames.book_delta(self.wire, depth, view.epoch, view.ts, delta)
-            for client in self.book_watchers[depth]:
-                client.send(frame)
+            seq = delta.seq
+            for watch in self.book_watchers[depth].values():
+                watch.deliver(frame, seq)
 
-    def _send_snapshot(self, client: Client, watch: BookWatch) -> None:
+    def _offer_candles(self, ticks: list[CandleTick]) -> None:
+        for interval, channel in self.candles.items():
+            mine = [tick for tick in ticks if tick.interval == interval]
+            if mine:
+                channel.offer(mine)
+
+    def _send_snapshot(self, watch: BookWatch) -> None:
         depth = watch.depth
         frame = self._snapshots.get(depth)
         if frame is None:
@@ -273,8 +472,7 @@ class PairFeed:
             bids, asks = stream.top(self.view)
             frame = self._snapshots[depth] = frames.book_snapshot(
                 self.wire, depth, self.view.epoch, stream.last_seq, self.view.ts, bids, asks)
-        client.send(frame)
-        watch.synced = True
+        watch.snapshot(frame, self.streams[depth].last_seq)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -44,8 +44,12 @@ class MarketHub:
             old.feed.unwatch(client, old)  # the feed stays: this client re-watches it now
         if topic.ch == "book":
             client.subs[topic.key] = feed.watch_book(client, topic.depth)
-        else:
+        elif topic.ch == "trades":
             client.subs[topic.key] = feed.watch_trades(client)
+        elif topic.ch == "candles":
+            client.subs[topic.key] = feed.watch_candles(client, topic.interval)
+        else:
+            client.subs[topic.key] = feed.watch_ticker(client)
 
     async def unwatch(self, client: Client, key: TopicKey) -> None:
         """End one subscription of `client` (no-op if absent); nothing more is sent for it."""
@@ -70,6 +74,8 @@ class MarketHub:
         for feed in self.feeds.values():
             total += len(feed.trade_watchers)
             total += sum(len(w) for w in feed.book_watchers.values())
+            total += sum(len(channel.watchers) for channel in feed.candles.values())
+            total += len(feed.ticker.watchers) if feed.ticker is not None else 0
         return total
 
     async def aclose(self) -> None:

@@ -1,13 +1,16 @@
 """The WebSocket gateway: public market data over `/ws` (API.md), fed by Redis pub/sub.
 
-HTTP: `/ws` upgrades to WebSocket, `/healthz` answers 200 "ok", anything else 404.
-Client ops: `subscribe` / `unsubscribe` with `{"ch":"book","symbol":S,"depth":10|50|200}`
-(depth defaults to 50) or `{"ch":"trades","symbol":S}`, and `ping`. Each op gets
-`{"op","id","ok":true}` or `ok:false` with `{"error":{"code","message"}}`. Limits and their
-close codes: frames over 64 KiB -> 1009; more than 200 subscriptions -> error
-TOO_MANY_SUBSCRIPTIONS; over 1 MiB of unsent frames -> 4008 "slow consumer". On shutdown
-every client gets `{"ch":"system","type":"reconnect","reason":"server_shutdown"}`, then
-close 1001.
+HTTP: `/ws` upgrades to WebSocket (HTTP 503 when the process is at `max_connections`),
+`/healthz` answers 200 "ok", anything else 404. Client ops: `subscribe` / `unsubscribe`
+with `{"ch":"book","symbol":S,"depth":10|50|200}` (depth defaults to 50),
+`{"ch":"trades","symbol":S}`, `{"ch":"candles","symbol":S,"interval":I}` or
+`{"ch":"ticker","symbol":S}`, and `ping`. Each op gets `{"op","id","ok":true}` or
+`ok:false` with `{"error":{"code","message"}}`. Limits and their codes: frames over
+64 KiB -> close 1009; more than 200 subscriptions -> error TOO_MANY_SUBSCRIPTIONS; over 10
+frames/s (burst 20) -> error RATE_LIMITED per refused frame, and close 4029 "too many
+requests" past 50 of them; over 256 KiB of unsent frames -> book deltas conflated; over
+1 MiB -> close 4008 "slow consumer". On shutdown every client gets
+`{"ch":"system","type":"reconnect","reason":"server_shutdown"}`, then close 1001.
 
 Run: `python -m services.gateway --port P [--host H] [--reuse-port] [--redis-url URL]`.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -33,8 +37,8 @@ from services.common.redis_conn import AnyRedis, connect
 from services.gateway import frames
 from services.gateway.client import SHUTDOWN_CLOSE, Client
 from services.gateway.hub import MarketHub
+from services.gateway.protocol import FrameRateLimit, RequestError, parse_request
 from services.gateway.protocol import Request as ClientRequest
-from services.gateway.protocol import RequestError, parse_request
 from services.gateway.settings import GatewaySettings
 from services.gateway.subscriber import ShardedSubscriber
 
@@ -44,6 +48,7 @@ log = logging.getLogger("exchange.gateway")
 
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
+TOO_MANY_REQUESTS = (4029, "too many requests")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Gateway:
         self._clients: set[Client] = set()
         self._shutting_down = False
         self._drained = asyncio.Event()
+        self._rate_limited = frames.reply(None, None, ExchangeError(
+            "RATE_LIMITED", f"more than {settings.frames_per_s:g} frames per second (burst "
+            f"{settings.frames_burst}): frame ignored"))
 
     @property
     def port(self) -> int:
@@ -125,6 +133,13 @@ class Gateway:
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == WS_PATH:
+            if len(self._clients) >= self.settings.max_connections:
+                # Refused before the upgrade, so it costs no connection state; a reconnect
+                # storm backs off (or goes to another replica) on Retry-After.
+                response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                              "too many connections\n")
+                response.headers["Retry-After"] = "1"
+                return response
             return None  # go on with the WebSocket handshake
         if path == HEALTH_PATH:
             return connection.respond(HTTPStatus.OK, "ok")
@@ -133,15 +148,27 @@ class Gateway:
     # ---- one connection -----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        client = Client(ws, max_pending=self.settings.max_pending_bytes,
-                        heartbeat_s=self.settings.heartbeat_s)
+        settings = self.settings
+        client = Client(ws, max_pending=settings.max_pending_bytes,
+                        conflate_at=settings.conflate_bytes, heartbeat_s=settings.heartbeat_s)
+        limit = FrameRateLimit(settings.frames_per_s, settings.frames_burst,
+                               settings.max_excess_frames, time.monotonic())
         self._clients.add(client)
         client.start()
         if self._shutting_down:
             client.close_after(frames.SHUTDOWN, *SHUTDOWN_CLOSE)
         try:
             async for frame in ws:
-                await self._on_frame(client, frame)
+                if client.closing:
+                    continue  # read on: the peer's close frame completes the handshake
+                verdict = limit.check(time.monotonic())
+                if verdict == "ok":
+                    await self._on_frame(client, frame)
+                elif verdict == "refused":
+                    client.send(self._rate_limited)  # not even parsed
+                else:
+                    log.info("closing flooding client %s", ws.remote_address)
+                    client.close(*TOO_MANY_REQUESTS)
         except ConnectionClosed:
             pass  # 1009 (frame too big), network errors: the client is gone either way
         finally:

@@ -7,6 +7,8 @@
 | EXCHANGE_WS_REUSE_PORT  | 0                        | 1: SO_REUSEPORT, replicas share a port|
 | REDIS_URL               | redis://127.0.0.1:7000   | any node of the cluster, or one Redis |
 | EXCHANGE_PAIRS_FILE     | (packaged default pairs) | the pairs served                      |
+| EXCHANGE_WS_MAX_CONNECTIONS | 10000                | connections per gateway process; more |
+|                         |                          | are refused with HTTP 503             |
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV
 HOST_ENV = "EXCHANGE_WS_HOST"
 PORT_ENV = "EXCHANGE_WS_PORT"
 REUSE_PORT_ENV = "EXCHANGE_WS_REUSE_PORT"
+MAX_CONNECTIONS_ENV = "EXCHANGE_WS_MAX_CONNECTIONS"
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,15 @@ class GatewaySettings:
     redis_url: str = DEFAULT_REDIS_URL
     reuse_port: bool = False  # several gateway processes on one port (SO_REUSEPORT)
     pairs_file: str | None = None  # None: $EXCHANGE_PAIRS_FILE, else the packaged pairs
+    max_connections: int = 10_000  # per process (a capacity setting); more get HTTP 503
     # Limits (API.md), not from the environment: they are part of the public contract.
     max_frame_bytes: int = 64 * 1024  # bigger client frames close the connection (1009)
+    conflate_bytes: int = 256 * 1024  # send queue past which book deltas are conflated
     max_pending_bytes: int = 1 << 20  # send queue per connection, then 4008
     max_subscriptions: int = 200  # per connection
+    frames_per_s: float = 10.0  # client frames: a token bucket; over it, RATE_LIMITED
+    frames_burst: int = 20
+    max_excess_frames: int = 50  # refused frames (one forgiven per second), then 4029
     heartbeat_s: float = 1.0
     shutdown_grace_s: float = 2.0  # time given to clients to read the reconnect notice
 
@@ -46,4 +54,5 @@ class GatewaySettings:
             redis_url=env.get(REDIS_URL_ENV, DEFAULT_REDIS_URL),
             reuse_port=env.get(REUSE_PORT_ENV, "0").lower() in ("1", "true", "yes"),
             pairs_file=env.get(PAIRS_FILE_ENV) or None,
+            max_connections=int(env.get(MAX_CONNECTIONS_ENV, cls.max_connections)),
         )

@@ -167,3 +167,41 @@ def test_a_client_of_the_stream_always_holds_the_true_top_n(
                 WIRE.levels(client_bids), WIRE.levels(client_asks), depth)
     for client in clients:
         assert client.seq == stream.last_seq
+
+
+@settings(max_examples=300, deadline=None)
+@given(initial_bids=book_side, initial_asks=book_side,
+       updates=st.lists(st.tuples(levels, levels), min_size=1, max_size=40),
+       depth=st.sampled_from([1, 3, 10]), held=st.sets(st.integers(0, 40)))
+def test_a_conflated_client_holds_the_true_top_n_after_one_delta(
+        initial_bids: dict[int, int], initial_asks: dict[int, int],
+        updates: list[tuple[list[tuple[int, int]], list[tuple[int, int]]]],
+        depth: int, held: set[int]) -> None:
+    """A client that skips runs of deltas (the updates in `held`) and then gets one delta
+    from `changes_since` holds exactly the top N, and is never told to remove a level
+    it does not hold (ClientBook asserts it)."""
+    view = BookView()
+    view.load(BookSnapshot(10, EPOCH, sorted(initial_bids.items(), reverse=True),
+                           sorted((p + 100, q) for p, q in initial_asks.items())))
+    stream = DepthStream(depth)
+    stream.reset(view)
+    client = ClientBook(stream, view)
+    base = None
+    for i, (bids, asks) in enumerate(updates):
+        u = update(11 + i, bids=bids, asks=[(p + 100, q) for p, q in asks])
+        view.apply(u)
+        delta = stream.advance(view, u)
+        if i in held:
+            if base is None:  # as BookWatch.deliver: this one is queued, the next skipped
+                if delta is not None:
+                    client.apply(delta)
+                base = stream.sent()
+            continue
+        if base is not None:  # drained: one delta for all that was skipped
+            if stream.last_seq != client.seq:
+                b, a = stream.changes_since(base)
+                client.apply(DepthDelta(stream.last_seq, client.seq, b, a, [], []))
+            base = None
+        elif delta is not None:
+            client.apply(delta)
+        assert client.top() == (view.top("bids", depth), view.top("asks", depth))

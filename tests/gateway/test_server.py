@@ -9,161 +9,19 @@ WebSocket connections. Every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from decimal import Decimal
-from typing import Any
 
 import pytest
-import pytest_asyncio
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from services.common.book_cache import book_checksum, read_book, wire_levels
-from services.common.keys import ENGINE_GROUP, PairKeys
-from services.common.messages import MarketDataUpdate, PlaceOrder, encode
-from services.common.pairs import Pair, load_markets
+from services.common.messages import MarketDataUpdate, encode
 from services.common.redis_conn import AnyRedis
-from services.common.redis_conn import connect as redis_connect
-from services.engine.runner import Engine
 from services.gateway.client import Client
 from services.gateway.server import Gateway, GatewaySettings
-from tests.support.servers import single_node
+from tests.gateway.harness import KEYS, TIMEOUT, EngineDriver, WsClient, redis_top, ws_client
 from tests.support.waiting import eventually
 
-PAIR: Pair = load_markets().pair("BTC-USD")
-KEYS = PairKeys("BTC-USD")
-TIMEOUT = 5.0
-fixture = pytest_asyncio.fixture
-
-
-# ---- fixtures: a real server, the engine, the gateway ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with single_node(tmp_path_factory.mktemp("valkey")) as url:
-        yield url
-
-
-@fixture(scope="module", loop_scope="session")
-async def redis(redis_url: str) -> AsyncIterator[AnyRedis]:
-    client = await redis_connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-class EngineDriver:
-    """Feeds the real engine real commands, one committed batch per call."""
-
-    def __init__(self, redis: AnyRedis) -> None:
-        self.redis = redis
-        self.engine = Engine(redis, PAIR)
-        self._ids = 0
-
-    async def batch(self, *orders: tuple[str, str, str]) -> None:
-        """Place (side, price, qty) orders (wire decimals) and commit them as one batch."""
-        for side, price, qty in orders:
-            self._ids += 1
-            command = PlaceOrder(order_id=f"o{self._ids}", account_id="a1", side=side,
-                                 price=PAIR.price_to_ticks(price), qty=PAIR.qty_to_lots(qty))
-            await self.redis.xadd(KEYS.inbox, {"c": encode(command)})
-        streams = await self.redis.xreadgroup(ENGINE_GROUP, self.engine.consumer,
-                                              {KEYS.inbox: ">"})
-        await self.engine.process_batch(streams[0][1])
-
-
-@fixture(scope="module", loop_scope="session")
-async def engine(redis: AnyRedis) -> EngineDriver:
-    driver = EngineDriver(redis)
-    await driver.engine.recover()
-    # A resting book deeper than the smallest depth, so levels leave and enter it.
-    await driver.batch(*(("buy", f"{67000 - i}.00", "0.2500") for i in range(15)),
-                       *(("sell", f"{67010 + i}.00", "0.4000") for i in range(15)))
-    return driver
-
-
-@fixture(scope="module", loop_scope="session")
-async def gateway(redis_url: str) -> AsyncIterator[Gateway]:
-    gw = Gateway(GatewaySettings(port=0, redis_url=redis_url))
-    await gw.start()
-    yield gw
-    await gw.aclose()
-
-
-# ---- a WebSocket client that checks what it is sent --------------------------------------
-
-
-class WsClient:
-    """Sends ops, keeps frames in arrival order, and mirrors the book per API.md rules."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.backlog: deque[dict[str, Any]] = deque()
-        self._ids = 0
-        self.seq: int | None = None
-        self.epoch: str | None = None
-        self.depth = 0
-        self.bids: dict[Decimal, list[str]] = {}
-        self.asks: dict[Decimal, list[str]] = {}
-
-    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        self._ids += 1
-        await self.ws.send(json.dumps({"op": op, "id": self._ids, **fields}))
-        return await self.next(lambda m: m.get("id") == self._ids and "ok" in m)
-
-    async def next(self, match: Callable[[dict[str, Any]], bool],
-                   timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The first frame (backlog first) that `match`es; others stay in the backlog."""
-        for frame in self.backlog:
-            if match(frame):
-                self.backlog.remove(frame)
-                return frame
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = json.loads(await self.ws.recv())
-                if match(frame):
-                    return frame
-                self.backlog.append(frame)
-
-    async def next_book(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The next book frame, applied to the local book with every API.md check."""
-        frame = await self.next(lambda m: m.get("ch") == "book", timeout)
-        if frame["type"] == "snapshot":
-            self.bids = {Decimal(px): [px, q] for px, q in frame["bids"]}
-            self.asks = {Decimal(px): [px, q] for px, q in frame["asks"]}
-            self.depth = frame["depth"]
-        else:
-            assert frame["type"] == "delta"
-            assert frame["epoch"] == self.epoch
-            assert frame["prev_seq"] == self.seq, "a delta must continue the client's seq"
-            assert frame["seq"] > frame["prev_seq"]
-            for book, levels in ((self.bids, frame["bids"]), (self.asks, frame["asks"])):
-                for px, qty in levels:
-                    if qty == "0":
-                        del book[Decimal(px)]
-                    else:
-                        book[Decimal(px)] = [px, qty]
-        self.seq, self.epoch = frame["seq"], frame["epoch"]
-        bids, asks = self.top()
-        assert len(bids) <= self.depth and len(asks) <= self.depth
-        assert frame["checksum"] == book_checksum(bids, asks, self.depth)
-        return frame
-
-    def top(self) -> tuple[list[list[str]], list[list[str]]]:
-        return ([self.bids[p] for p in sorted(self.bids, reverse=True)],
-                [self.asks[p] for p in sorted(self.asks)])
-
-
-async def ws_client(gw: Gateway, path: str = "/ws", **kwargs: Any) -> ClientConnection:
-    return await connect(f"ws://127.0.0.1:{gw.port}{path}", **kwargs)
-
-
-async def redis_top(redis: AnyRedis, depth: int) -> tuple[int, list[list[str]], list[list[str]]]:
-    snap = await read_book(redis, KEYS)
-    return (snap.seq, wire_levels(PAIR, snap.bids[:depth]), wire_levels(PAIR, snap.asks[:depth]))
+# Fixtures (redis, engine, gateway): conftest.py.
 
 
 async def shard_subscribers(redis: AnyRedis) -> int:
@@ -281,7 +139,11 @@ async def test_bad_requests_get_errors_and_the_connection_stays_usable(
             ({"args": [{"ch": "book", "symbol": "DOGE-USD"}]}, "subscribe", "UNKNOWN_SYMBOL"),
             ({"args": [{**BOOK10, "depth": 7}]}, "subscribe", "INVALID_DEPTH"),
             ({"args": [{**BOOK10, "depth": "50"}]}, "subscribe", "INVALID_DEPTH"),
-            ({"args": [{"ch": "candles", "symbol": "BTC-USD"}]}, "subscribe", "UNKNOWN_CHANNEL"),
+            ({"args": [{"ch": "candles", "symbol": "BTC-USD"}]}, "subscribe", "INVALID_INTERVAL"),
+            ({"args": [{"ch": "candles", "symbol": "BTC-USD", "interval": "2m"}]}, "subscribe",
+             "INVALID_INTERVAL"),
+            ({"args": [{"ch": "ticker", "symbol": "DOGE-USD"}]}, "subscribe", "UNKNOWN_SYMBOL"),
+            ({"args": [{"ch": "klines", "symbol": "BTC-USD"}]}, "subscribe", "UNKNOWN_CHANNEL"),
             ({"args": [{"ch": "orders"}]}, "subscribe", "UNKNOWN_CHANNEL"),
             ({"args": []}, "subscribe", "INVALID_REQUEST"),
             ({}, "unsubscribe", "INVALID_REQUEST"),

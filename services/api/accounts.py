@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.exceptions import ResponseError
 
@@ -15,9 +14,10 @@ from services.common import keys
 from services.common.errors import ExchangeError
 from services.common.pairs import Asset, Markets
 from services.common.redis_conn import AnyRedis
+from services.common.scripts import lua
 
-_DEPOSIT_LUA = resources.files("services.api").joinpath("deposit.lua").read_text()
-_WITHDRAW_LUA = resources.files("services.api").joinpath("withdraw.lua").read_text()
+_DEPOSIT_LUA = lua("services.api", "deposit.lua", publishes=True)
+_WITHDRAW_LUA = lua("services.api", "withdraw.lua", publishes=True)
 
 
 def _amount_units(asset: Asset, amount: str) -> int:
@@ -92,8 +92,9 @@ class AccountStore:
         units = _amount_units(asset, amount)
         account = keys.AccountKeys(account_id)
         try:
-            return int(await self._deposit(keys=[account.profile, account.balances],
-                                           args=[asset.symbol, units]))
+            return int(await self._deposit(
+                keys=[account.profile, account.balances, account.updates_seq, account.updates],
+                args=[asset.symbol, units]))
         except ResponseError as exc:
             if "UNKNOWN_ACCOUNT" in str(exc):
                 raise ExchangeError("UNKNOWN_ACCOUNT", f"no account {account_id}", 404) from None
@@ -104,8 +105,9 @@ class AccountStore:
         units = _amount_units(asset, amount)
         account = keys.AccountKeys(account_id)
         try:
-            return int(await self._withdraw(keys=[account.profile, account.balances],
-                                            args=[asset.symbol, units]))
+            return int(await self._withdraw(
+                keys=[account.profile, account.balances, account.updates_seq, account.updates],
+                args=[asset.symbol, units]))
         except ResponseError as exc:
             if "UNKNOWN_ACCOUNT" in str(exc):
                 raise ExchangeError("UNKNOWN_ACCOUNT", f"no account {account_id}", 404) from None

@@ -1,5 +1,5 @@
 -- Before an amend: make the order's hold cover what the amended order could spend.
--- KEYS: 1 balances, 2 order record
+-- KEYS: 1 balances, 2 order record, 3 update seq, 4 update channel
 -- ARGV: 1 hold asset, 2 new total qty (lots), 3 hold units per unfilled lot at the new price
 -- Returns OK, or a refusal code with nothing changed.
 local status = redis.call('HGET', KEYS[2], 'status')
@@ -22,5 +22,6 @@ if extra > 0 then
   redis.call('HINCRBY', KEYS[1], 'avail:' .. ARGV[1], '-' .. extra)
   redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[1], extra)
   redis.call('HINCRBY', KEYS[2], 'hold_left', extra)
+  publish_update(KEYS[3], KEYS[4], KEYS[1], {}, {}, {[ARGV[1]] = true})
 end
 return 'OK'

@@ -1,6 +1,7 @@
 -- Stage R1: hold an order's funds on the account's slot and record the order.
 -- KEYS: 1 balances, 2 order record, 3 open order ids, 4 client_order_id -> order_id,
---       5 unconfirmed orders (zset: until the engine has seen it, a reconciler watches it)
+--       5 unconfirmed orders (zset: until the engine has seen it, a reconciler watches it),
+--       6 update seq, 7 update channel
 -- ARGV: 1 hold asset, 2 hold amount (integer units), 3 order id, 4 client order id,
 --       5 creation ms, 6.. order record fields as name, value pairs
 -- Returns {1, order_id} when held, {0, first_order_id} for a repeated client order id,
@@ -24,4 +25,5 @@ redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[4], ARGV[3])
 end
+publish_update(KEYS[6], KEYS[7], KEYS[1], {KEYS[2]}, {}, {[ARGV[1]] = true})
 return {1, ARGV[3]}

@@ -11,8 +11,6 @@ import asyncio
 import json
 import secrets
 import time
-from decimal import ROUND_HALF_EVEN, Decimal
-from importlib import resources
 
 from redis.asyncio.client import Pipeline
 
@@ -22,13 +20,14 @@ from services.common import keys
 from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
 from services.common.messages import AmendOrder, CancelAll, CancelOrder, Command, encode
-from services.common.order_record import place_command
+from services.common.order_record import order_to_wire, place_command
 from services.common.pairs import Markets, Pair
 from services.common.redis_conn import AnyRedis
+from services.common.scripts import lua
 from services.common.tracing import current_traceparent
 
-_HOLD_LUA = resources.files("services.api").joinpath("hold.lua").read_text()
-_AMEND_HOLD_LUA = resources.files("services.api").joinpath("amend_hold.lua").read_text()
+_HOLD_LUA = lua("services.api", "hold.lua", publishes=True)
+_AMEND_HOLD_LUA = lua("services.api", "amend_hold.lua", publishes=True)
 TERMINAL = frozenset({"filled", "cancelled", "rejected"})
 
 
@@ -80,7 +79,8 @@ class OrderService:
         async def hold(pipe: Pipeline) -> None:
             await self._hold(
                 keys=[account.balances, account.order(order_id), account.open_orders,
-                      account.client_ids, account.unconfirmed],
+                      account.client_ids, account.unconfirmed, account.updates_seq,
+                      account.updates],
                 args=[plan.hold_asset.symbol, plan.hold, order_id, req.client_order_id or "",
                       now, *(x for item in record.items() for x in item)],
                 client=pipe)
@@ -132,7 +132,8 @@ class OrderService:
             raise ExchangeError("QTY_TOO_LARGE", "order value is too large")
         account = keys.AccountKeys(account_id)
         outcome = await self._amend_hold(
-            keys=[account.balances, account.order(order_id)],
+            keys=[account.balances, account.order(order_id), account.updates_seq,
+                  account.updates],
             args=[asset.symbol, new_qty, per_lot])
         if outcome != b"OK":
             code = outcome.decode()
@@ -236,37 +237,3 @@ class OrderService:
         if not raw:
             raise ExchangeError("UNKNOWN_ORDER", "no such order", 404)
         return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def order_to_wire(pair: Pair, record: dict) -> dict[str, object]:
-    """An order record as API.md shows it: decimal strings, ms times."""
-    filled = int(record["filled"])
-    avg_px = None
-    if filled:
-        avg = Decimal(int(record["quote_filled"])) * pair.quote.unit / (filled * pair.lot_size)
-        avg_px = str(avg.quantize(pair.tick_size, rounding=ROUND_HALF_EVEN))
-    wire: dict[str, object] = {
-        "order_id": record["order_id"],
-        "client_order_id": record["client_order_id"] or None,
-        "symbol": record["symbol"],
-        "side": record["side"],
-        "type": record["type"],
-        "price": pair.format_price(int(record["price"])) if record["price"] != "0" else None,
-        "qty": pair.format_qty(int(record["qty"])) if record["qty"] != "0" else None,
-        "filled_qty": pair.format_qty(filled),
-        "fee": pair.quote.format(int(record.get("fee", 0))),
-        "avg_px": avg_px,
-        "status": record["status"],
-        "tif": record["tif"],
-        "created_ts": int(record["created_ts"]),
-        "updated_ts": int(record["updated_ts"]),
-    }
-    if record.get("stop_price", "0") != "0":
-        wire["stop_price"] = pair.format_price(int(record["stop_price"]))
-    if record.get("quote_qty"):
-        wire["quote_qty"] = record["quote_qty"]
-    if record["status"] == "rejected":
-        wire["reject_reason"] = record["reason"]
-    elif record["status"] == "cancelled" and record["reason"] != "user":
-        wire["cancel_reason"] = record["reason"]  # e.g. ioc_remainder, stp, cancel_all
-    return wire

@@ -43,7 +43,7 @@ class AccountKeys:
     """Keys and the private update channel of one account, all in one slot."""
 
     __slots__ = ("account_id", "applied", "balances", "client_ids", "closed_orders", "fills",
-                 "open_orders", "profile", "tag", "unconfirmed", "updates")
+                 "open_orders", "profile", "tag", "unconfirmed", "updates", "updates_seq")
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -58,6 +58,7 @@ class AccountKeys:
         # Orders held but not yet seen by their engine, scored by creation ms (zset).
         self.unconfirmed = f"{self.tag}:unconfirmed"
         self.updates = f"{self.tag}:updates"  # sharded channel of private updates
+        self.updates_seq = f"{self.tag}:useq"  # seq of the last update published
 
     def order(self, order_id: str) -> str:
         """One order's record (hash)."""

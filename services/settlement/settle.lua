@@ -1,7 +1,8 @@
 -- Apply one engine entry's legs to ONE account, exactly once (DESIGN §2, stage R2).
 -- KEYS: 1 balances, 2 applied (pair -> last settled event seq), 3 open order ids,
 --       4 fills (newest first), 5 closed order ids (newest first), 6 unconfirmed orders,
---       7.. the order records the legs name (leg.o is an index into KEYS)
+--       7 update seq, 8 update channel, 9.. the order records the legs name (leg.o is an
+--       index into KEYS)
 -- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON), 4 history kept
 -- Amounts stay strings end to end: HINCRBY is exact on 64-bit integers, Lua numbers
 -- are not. Leg kinds: fill (side, base, quote, lots, fee, pay + rebate for a buy or
@@ -13,13 +14,21 @@ if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0  -- a replay after a crash: already applied
 end
 local balances, keep = KEYS[1], tonumber(ARGV[4])
+-- What changed, for the account's update stream.
+local changed_orders, seen_order, fills, assets = {}, {}, {}, {}
 for _, leg in ipairs(cjson.decode(ARGV[3])) do
   if leg.kind == 'fee' then
     redis.call('HINCRBY', balances, 'avail:' .. leg.asset, leg.amount)
+    assets[leg.asset] = true
   else
     local order = KEYS[leg.o]
     redis.call('ZREM', KEYS[6], leg.id)
     if redis.call('EXISTS', order) == 1 and leg.kind ~= 'seen' then
+      if not seen_order[order] then
+        seen_order[order] = true
+        table.insert(changed_orders, order)
+        assets[redis.call('HGET', order, 'hold_asset')] = true
+      end
       if leg.kind == 'fill' then
         local base_asset = redis.call('HGET', order, 'base')
         local quote_asset = redis.call('HGET', order, 'quote')
@@ -41,6 +50,8 @@ for _, leg in ipairs(cjson.decode(ARGV[3])) do
         redis.call('HSET', order, 'status', leg.done and 'filled' or 'partially_filled')
         redis.call('LPUSH', KEYS[4], leg.fill)
         redis.call('LTRIM', KEYS[4], 0, keep - 1)
+        table.insert(fills, cjson.decode(leg.fill))
+        assets[base_asset], assets[quote_asset] = true, true
       elseif leg.kind == 'cancel' then
         redis.call('HSET', order, 'status', 'cancelled', 'reason', leg.reason)
       elseif leg.kind == 'amend' then
@@ -66,4 +77,7 @@ for _, leg in ipairs(cjson.decode(ARGV[3])) do
   end
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if #changed_orders > 0 or next(assets) then
+  publish_update(KEYS[7], KEYS[8], balances, changed_orders, fills, assets)
+end
 return 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from importlib import resources
 
 import msgspec
 from redis.exceptions import RedisError, ResponseError
@@ -19,13 +18,14 @@ from services.common import keys
 from services.common.messages import events_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
+from services.common.scripts import lua
 from services.settlement.legs import Leg, legs_by_account
 from services.settlement.reconciler import run_reconciler
 
 log = logging.getLogger("exchange.settlement")
 
 HISTORY = 1000  # fills and closed orders kept per account for the REST API
-_SETTLE_LUA = resources.files("services.settlement").joinpath("settle.lua").read_text()
+_SETTLE_LUA = lua("services.settlement", "settle.lua", publishes=True)
 
 
 class PairSettler:
@@ -93,12 +93,13 @@ class PairSettler:
                 continue
             order_id = str(leg["id"])
             if order_id not in index:
-                index[order_id] = 7 + len(order_keys)  # Lua KEYS are 1-based after 6 fixed
+                index[order_id] = 9 + len(order_keys)  # Lua KEYS are 1-based after 8 fixed
                 order_keys.append(account.order(order_id))
             leg["o"] = index[order_id]
         await self._settle(
             keys=[account.balances, account.applied, account.open_orders, account.fills,
-                  account.closed_orders, account.unconfirmed, *order_keys],
+                  account.closed_orders, account.unconfirmed, account.updates_seq,
+                  account.updates, *order_keys],
             args=[self.pair.symbol, seq, self._json.encode(legs), HISTORY],
         )
 

@@ -54,6 +54,11 @@ class Lease:
                 pass
         return False
 
+    async def release(self) -> None:
+        """Give the lease up (clean stop), so a standby need not wait for it to lapse."""
+        await self._script(keys=[self.key], args=[self.holder, self.ttl_ms, "release",
+                                                  self.token])
+
     async def renew(self) -> bool:
         renewed = await self._script(keys=[self.key],
                                      args=[self.holder, self.ttl_ms, "renew", self.token])

@@ -165,6 +165,12 @@ class Engine:
             finally:
                 if keeper:
                     keeper.cancel()
+                if self.lease is not None and stop.is_set() and not lost.is_set():
+                    # The batch in hand was committed (or not started): hand over now.
+                    try:
+                        await self.lease.release()
+                    except (RedisError, OSError) as exc:
+                        log.warning("%s: lease not released (%s)", self.pair.symbol, exc)
             if lost.is_set():
                 log.warning("%s: lease lost; back to standby", self.pair.symbol)
 

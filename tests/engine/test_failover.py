@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -98,3 +99,18 @@ async def test_killing_the_leading_engine_hands_the_pair_to_its_standby_with_not
             if child.process and child.process.poll() is not None:
                 stack._spawn(child)
         await redis.aclose()
+
+
+async def test_a_cleanly_stopped_leader_hands_the_lease_over_at_once(redis) -> None:
+    pair_keys = keys.PairKeys("LSE-USD")
+    await redis.delete(pair_keys.lease)
+    leader = Engine(redis, PAIR, block_ms=50, lease=Lease(redis, pair_keys, "a", ttl_ms=60_000))
+    stop = asyncio.Event()
+    running = asyncio.create_task(leader.run(stop))
+    await eventually(lambda: leader.lease.token > 0, "the leader to take the lease")  # type: ignore[union-attr]
+    stop.set()
+    await running
+    # A 60 s lease, yet the standby gets it straight away.
+    standby = Lease(redis, pair_keys, "b", ttl_ms=60_000)
+    assert await standby.try_acquire()
+    assert standby.token == leader.lease.token + 1  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from services.gateway import frames
 from services.gateway.protocol import TopicKey
 
 if TYPE_CHECKING:
+    from services.gateway.account_feed import AccountFeed
     from services.gateway.feed import PairFeed
 
 log = logging.getLogger("exchange.gateway.client")
@@ -35,9 +36,9 @@ SHUTDOWN_CLOSE = (1001, "server shutdown")
 
 
 class Watch(Protocol):
-    """A connection's subscription to one channel of one pair."""
+    """A connection's subscription to one channel of one pair (or of its account)."""
 
-    feed: PairFeed
+    feed: PairFeed | AccountFeed
 
     def position(self) -> int | None:
         """The seq the client's copy is at, for the heartbeat (None: not applicable yet)."""
@@ -56,13 +57,14 @@ class Held(Protocol):
 class Client:
     """A connected client: its subscriptions and its outgoing queue."""
 
-    __slots__ = ("ws", "subs", "held", "max_pending", "conflate_at", "heartbeat_s", "_queue",
-                 "_pending", "_wakeup", "_writer", "_last_sent", "_closing", "_close_after",
-                 "_close_task")
+    __slots__ = ("ws", "account_id", "subs", "held", "max_pending", "conflate_at",
+                 "heartbeat_s", "_queue", "_pending", "_wakeup", "_writer", "_last_sent",
+                 "_closing", "_close_after", "_close_task")
 
     def __init__(self, ws: ServerConnection, *, max_pending: int = 1 << 20,
                  conflate_at: int = 256 * 1024, heartbeat_s: float = 1.0) -> None:
         self.ws = ws
+        self.account_id: str | None = None  # set once by a successful login, never changed
         self.subs: dict[TopicKey, Watch] = {}
         self.held: set[Held] = set()
         self.max_pending = max_pending

@@ -208,7 +208,7 @@ class PairFeed:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.live = False
-        await self.subscriber.unsubscribe(self.keys.md)
+        await self.subscriber.unsubscribe(self.keys.md, self)
 
     def _stop_timers(self) -> None:
         for channel in self.candles.values():

@@ -108,6 +108,17 @@ def ticker(wire: PairWire, data: dict[str, str | None]) -> bytes:
     return _encode({"ch": "ticker", "symbol": wire.symbol, "data": data})
 
 
+def private(ch: str, seq: int, data: object) -> bytes:
+    """A frame of the logged-in account's `orders`, `fills` or `balances` channel: `seq`
+    is the account update it belongs to (every frame of one update carries the same)."""
+    return _encode({"ch": ch, "seq": seq, "data": data})
+
+
+def private_resync(channels: list[str]) -> bytes:
+    """Account updates may have been lost: refetch these channels' state over REST."""
+    return _encode({"ch": "system", "type": "resync", "channels": channels})
+
+
 def heartbeat(ts: int, pos: dict[str, int]) -> bytes:
     """`pos` maps "book:SYMBOL" to the seq the client's book of that pair is at."""
     return _encode({"ch": "heartbeat", "ts": ts, "pos": pos})

@@ -19,10 +19,16 @@ BOOK_DEPTHS = (10, 50, 200)
 DEFAULT_BOOK_DEPTH = 50
 MAX_ID_LENGTH = 64
 
-Channel = Literal["book", "trades", "candles", "ticker"]
-CHANNELS: tuple[Channel, ...] = ("book", "trades", "candles", "ticker")
-# (channel, symbol, interval): one subscription per pair and channel (and candle interval)
+Channel = Literal["book", "trades", "candles", "ticker", "orders", "fills", "balances"]
+PUBLIC_CHANNELS: tuple[Channel, ...] = ("book", "trades", "candles", "ticker")
+# The logged-in account's channels: no symbol, one subscription each per connection.
+PRIVATE_CHANNELS: tuple[Channel, ...] = ("orders", "fills", "balances")
+CHANNELS: tuple[Channel, ...] = PUBLIC_CHANNELS + PRIVATE_CHANNELS
+# (channel, symbol, interval): one subscription per pair and channel (and candle interval);
+# a private channel's key is (channel, "", "").
 TopicKey = tuple[str, str, str]
+MAX_API_KEY_LENGTH = 128
+MAX_SIGNATURE_LENGTH = 128
 
 _decode = msgspec.json.decode
 
@@ -40,12 +46,27 @@ class Topic:
     def key(self) -> TopicKey:
         return (self.ch, self.symbol, self.interval)
 
+    @property
+    def private(self) -> bool:
+        return self.ch in PRIVATE_CHANNELS
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A `login` op's fields (API.md): signature = hex HMAC-SHA256(secret,
+    timestamp + "GET" + "/ws")."""
+
+    api_key: str
+    timestamp: int  # Unix ms
+    signature: str
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    op: Literal["subscribe", "unsubscribe", "ping"]
+    op: Literal["subscribe", "unsubscribe", "ping", "login"]
     id: int | str | None
     topics: tuple[Topic, ...] = ()
+    credentials: Credentials | None = None  # login only
 
 
 class RequestError(ExchangeError):
@@ -60,7 +81,8 @@ class RequestError(ExchangeError):
 
 def parse_request(frame: str | bytes, markets: Markets) -> Request:
     """The validated request in `frame`, or RequestError (INVALID_JSON, INVALID_REQUEST,
-    UNKNOWN_OP, UNKNOWN_CHANNEL, UNKNOWN_SYMBOL, INVALID_DEPTH, INVALID_INTERVAL)."""
+    UNKNOWN_OP, UNKNOWN_CHANNEL, UNKNOWN_SYMBOL, INVALID_DEPTH, INVALID_INTERVAL). A login's
+    credentials are only checked for form here; the gateway verifies them."""
     if isinstance(frame, bytes):
         raise RequestError("INVALID_REQUEST", "frames must be JSON text, not binary")
     try:
@@ -79,6 +101,8 @@ def parse_request(frame: str | bytes, markets: Markets) -> Request:
         raise RequestError("INVALID_REQUEST", "op must be a string", None, request_id)
     if op == "ping":
         return Request("ping", request_id)
+    if op == "login":
+        return Request("login", request_id, credentials=_credentials(doc, request_id))
     if op not in ("subscribe", "unsubscribe"):
         raise RequestError("UNKNOWN_OP", f"unknown op {op[:32]!r}", op[:32], request_id)
     try:
@@ -98,12 +122,35 @@ def _parse_topics(args: object, markets: Markets, with_depth: bool) -> tuple[Top
         ch = arg.get("ch")
         if ch not in CHANNELS:
             raise ExchangeError("UNKNOWN_CHANNEL", f"unknown channel {str(ch)[:32]!r}")
+        if ch in PRIVATE_CHANNELS:
+            if "symbol" in arg:
+                raise ExchangeError("INVALID_REQUEST",
+                                    f"{ch} is an account channel: it takes no symbol")
+            topic = Topic(ch, "")
+            topics[topic.key] = topic
+            continue
         symbol = markets.pair(arg.get("symbol")).symbol
         depth = _depth(arg.get("depth", DEFAULT_BOOK_DEPTH)) if ch == "book" and with_depth else 0
         interval = _interval(arg.get("interval")) if ch == "candles" else ""
         topic = Topic(ch, symbol, depth, interval)
         topics[topic.key] = topic
     return tuple(topics.values())
+
+
+def _credentials(doc: dict, request_id: int | str | None) -> Credentials:
+    api_key, timestamp, signature = doc.get("api_key"), doc.get("timestamp"), doc.get("signature")
+    if not isinstance(api_key, str) or not api_key:
+        message = "api_key must be a non-empty string"
+    elif type(timestamp) is not int:  # not true, not 1.7e12, not "1767225600000"
+        message = "timestamp must be an integer (Unix ms)"
+    elif not isinstance(signature, str) or not signature:
+        message = "signature must be a non-empty string"
+    elif len(api_key) > MAX_API_KEY_LENGTH or len(signature) > MAX_SIGNATURE_LENGTH:
+        message = (f"api_key and signature are at most {MAX_API_KEY_LENGTH} and "
+                   f"{MAX_SIGNATURE_LENGTH} characters")
+    else:
+        return Credentials(api_key, timestamp, signature)
+    raise RequestError("INVALID_REQUEST", message, "login", request_id)
 
 
 def _interval(value: object) -> str:

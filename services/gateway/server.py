@@ -4,7 +4,9 @@ HTTP: `/ws` upgrades to WebSocket (HTTP 503 when the process is at `max_connecti
 `/healthz` answers 200 "ok", anything else 404. Client ops: `subscribe` / `unsubscribe`
 with `{"ch":"book","symbol":S,"depth":10|50|200}` (depth defaults to 50),
 `{"ch":"trades","symbol":S}`, `{"ch":"candles","symbol":S,"interval":I}` or
-`{"ch":"ticker","symbol":S}`, and `ping`. Each op gets `{"op","id","ok":true}` or
+`{"ch":"ticker","symbol":S}`, `ping`, `login` (HMAC, see login.py) and, once logged in,
+the account's `{"ch":"orders"}`, `{"ch":"fills"}` and `{"ch":"balances"}` (see
+account_feed.py; before login: LOGIN_REQUIRED). Each op gets `{"op","id","ok":true}` or
 `ok:false` with `{"error":{"code","message"}}`. Limits and their codes: frames over
 64 KiB -> close 1009; more than 200 subscriptions -> error TOO_MANY_SUBSCRIPTIONS; over 10
 frames/s (burst 20) -> error RATE_LIMITED per refused frame, and close 4029 "too many
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +33,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.api.accounts import AccountStore
+from services.api.secrets_box import SECRETS_KEY_ENV, SecretBox
 from services.common.errors import ExchangeError
 from services.common.pairs import load_markets
 from services.common.process import run_service
@@ -37,6 +42,7 @@ from services.common.redis_conn import AnyRedis, connect
 from services.gateway import frames
 from services.gateway.client import SHUTDOWN_CLOSE, Client
 from services.gateway.hub import MarketHub
+from services.gateway.login import LoginVerifier
 from services.gateway.protocol import FrameRateLimit, RequestError, parse_request
 from services.gateway.protocol import Request as ClientRequest
 from services.gateway.settings import GatewaySettings
@@ -57,7 +63,8 @@ class GatewayStatus:
 
     connections: int
     pairs: int  # pairs subscribed in Redis
-    subscriptions: int  # client subscriptions across all pairs
+    subscriptions: int  # client subscriptions across all pairs and accounts
+    accounts: int = 0  # accounts whose private updates are subscribed in Redis
 
 
 class Gateway:
@@ -69,6 +76,7 @@ class Gateway:
         self.redis: AnyRedis | None = None
         self.subscriber: ShardedSubscriber | None = None
         self.hub: MarketHub | None = None
+        self.login: LoginVerifier | None = None
         self._server: Server | None = None
         self._clients: set[Client] = set()
         self._shutting_down = False
@@ -87,13 +95,17 @@ class Gateway:
         hub = self.hub
         return GatewayStatus(connections=len(self._clients),
                              pairs=len(hub.feeds) if hub else 0,
-                             subscriptions=hub.subscriptions if hub else 0)
+                             subscriptions=hub.subscriptions if hub else 0,
+                             accounts=len(hub.accounts) if hub else 0)
 
     async def start(self) -> None:
         """Connect to Redis and start listening."""
+        box = self._secret_box()  # a bad key fails here, before anything is opened
         self.redis = await connect(self.settings.redis_url)
         self.subscriber = ShardedSubscriber(self.redis)
         self.hub = MarketHub(self.redis, self.subscriber, self.markets)
+        self.login = LoginVerifier(
+            AccountStore(self.redis, self.markets, box) if box is not None else None)
         self._server = await serve(
             self._handle, self.settings.host, self.settings.port,
             process_request=self._route,
@@ -127,6 +139,15 @@ class Gateway:
         if self.redis is not None:
             await self.redis.aclose()
         log.info("gateway stopped")
+
+    def _secret_box(self) -> SecretBox | None:
+        """The box that opens API secrets, for logins; None (logged) if not configured."""
+        key = self.settings.secrets_key or os.environ.get(SECRETS_KEY_ENV, "")
+        if not key:
+            log.warning("%s is not set: login (private channels) is unavailable",
+                        SECRETS_KEY_ENV)
+            return None
+        return SecretBox(key)  # ValueError if it is not a valid key
 
     # ---- HTTP routing -------------------------------------------------------------------
 
@@ -193,11 +214,29 @@ class Gateway:
                 await self.hub.unwatch(client, topic.key)
             # After this reply the client gets no more frames of these topics.
             client.send(frames.reply(request.op, request.id))
+        elif request.op == "login":
+            await self._login(client, request)
         else:
             client.send(frames.reply(request.op, request.id))
 
+    async def _login(self, client: Client, request: ClientRequest) -> None:
+        """Bind the connection to the account the credentials prove (once: a session
+        never changes account)."""
+        assert self.login is not None and request.credentials is not None
+        try:
+            account_id = await self.login.verify(request.credentials, client.account_id)
+        except ExchangeError as exc:
+            client.send(frames.reply(request.op, request.id, exc))
+            return
+        client.account_id = account_id
+        client.send(frames.reply(request.op, request.id))
+
     def _subscribe(self, client: Client, request: ClientRequest) -> None:
         assert self.hub is not None
+        if client.account_id is None and any(topic.private for topic in request.topics):
+            error = ExchangeError("LOGIN_REQUIRED", "orders, fills and balances need a login")
+            client.send(frames.reply(request.op, request.id, error))
+            return
         added = sum(1 for topic in request.topics if topic.key not in client.subs)
         limit = self.settings.max_subscriptions
         if len(client.subs) + added > limit:
@@ -254,6 +293,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run_service("gateway", body)
-    except (OSError, RedisError, ExchangeError) as exc:
+    except (OSError, RedisError, ExchangeError, ValueError) as exc:
         log.error("gateway failed: %s", exc)
         return 1

@@ -9,6 +9,9 @@
 | EXCHANGE_PAIRS_FILE     | (packaged default pairs) | the pairs served                      |
 | EXCHANGE_WS_MAX_CONNECTIONS | 10000                | connections per gateway process; more |
 |                         |                          | are refused with HTTP 503             |
+| EXCHANGE_SECRETS_KEY    | (none)                   | opens the API secrets (as the API     |
+|                         |                          | does) to verify `login`; without it,  |
+|                         |                          | logins get LOGIN_UNAVAILABLE          |
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class GatewaySettings:
     reuse_port: bool = False  # several gateway processes on one port (SO_REUSEPORT)
     pairs_file: str | None = None  # None: $EXCHANGE_PAIRS_FILE, else the packaged pairs
     max_connections: int = 10_000  # per process (a capacity setting); more get HTTP 503
+    # Key that seals API secrets at rest (secrets_box); "" = read EXCHANGE_SECRETS_KEY.
+    secrets_key: str = ""
     # Limits (API.md), not from the environment: they are part of the public contract.
     max_frame_bytes: int = 64 * 1024  # bigger client frames close the connection (1009)
     conflate_bytes: int = 256 * 1024  # send queue past which book deltas are conflated

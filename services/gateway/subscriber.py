@@ -202,9 +202,13 @@ class ShardedSubscriber:
                 log.warning("SSUBSCRIBE %s failed: %r; repairing", channel, exc)
                 self._needs_repair({channel}, refresh=True)
 
-    async def unsubscribe(self, channel: str) -> None:
-        """Stop delivering `channel`; SUNSUBSCRIBE it (no confirmation awaited)."""
+    async def unsubscribe(self, channel: str, handler: ChannelHandler | None = None) -> None:
+        """Stop delivering `channel`; SUNSUBSCRIBE it (no confirmation awaited). With
+        `handler`, only if that handler still owns the channel: a new owner that
+        subscribed in the meantime keeps it."""
         async with self._lock:
+            if handler is not None and self._handlers.get(channel) is not handler:
+                return
             self._handlers.pop(channel, None)
             self._suspect.discard(channel)
             self._unsynced.discard(channel)

@@ -144,10 +144,11 @@ async def test_bad_requests_get_errors_and_the_connection_stays_usable(
              "INVALID_INTERVAL"),
             ({"args": [{"ch": "ticker", "symbol": "DOGE-USD"}]}, "subscribe", "UNKNOWN_SYMBOL"),
             ({"args": [{"ch": "klines", "symbol": "BTC-USD"}]}, "subscribe", "UNKNOWN_CHANNEL"),
-            ({"args": [{"ch": "orders"}]}, "subscribe", "UNKNOWN_CHANNEL"),
+            ({"args": [{"ch": "orders"}]}, "subscribe", "LOGIN_REQUIRED"),
+            ({"args": [{"ch": "fills", "symbol": "BTC-USD"}]}, "subscribe", "INVALID_REQUEST"),
             ({"args": []}, "subscribe", "INVALID_REQUEST"),
             ({}, "unsubscribe", "INVALID_REQUEST"),
-            ({"api_key": "k"}, "login", "UNKNOWN_OP"),
+            ({"api_key": "k"}, "login", "INVALID_REQUEST"),
             ({}, "dance", "UNKNOWN_OP"),
         ]
         for fields, op, code in cases:

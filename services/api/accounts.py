@@ -23,6 +23,8 @@ _WITHDRAW_LUA = lua("services.api", "withdraw.lua", publishes=True)
 def _amount_units(asset: Asset, amount: str) -> int:
     """An operator amount in units, small enough for Redis integers and exact Lua math."""
     units = asset.to_units(amount)
+    if units <= 0:  # positive, but so small it rounded to nothing
+        raise ExchangeError("INVALID_AMOUNT", f"amount has more than {asset.decimals} decimals")
     if units >= MAX_EXACT_UNITS:
         raise ExchangeError("INVALID_AMOUNT", "amount is too large")
     return units

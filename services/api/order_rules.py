@@ -54,6 +54,14 @@ def _refuse(code: str, message: str) -> ExchangeError:
     return ExchangeError(code, message)
 
 
+def price_ticks(pair: Pair, text: object) -> int:
+    """`text` in ticks; a positive price so small that it rounds to no tick is refused."""
+    ticks = pair.price_to_ticks(text)
+    if ticks <= 0:
+        raise _refuse("INVALID_PRICE_TICK", f"price must be a multiple of {pair.tick_size}")
+    return ticks
+
+
 def plan_order(pair: Pair, req: OrderRequest, ref: MarketRef) -> OrderPlan:
     """Check `req` against the pair's rules and work out its hold, or refuse."""
     if ref.halted:
@@ -84,8 +92,8 @@ def plan_order(pair: Pair, req: OrderRequest, ref: MarketRef) -> OrderPlan:
     # A market order never rests: GTC means "as much as possible now", i.e. IOC.
     tif = "IOC" if market and req.tif == "GTC" else req.tif
 
-    price = pair.price_to_ticks(req.price) if limit_priced else 0
-    stop_price = pair.price_to_ticks(req.stop_price) if stop else 0
+    price = price_ticks(pair, req.price) if limit_priced else 0
+    stop_price = price_ticks(pair, req.stop_price) if stop else 0
     for ticks in (price, stop_price):
         if ticks:
             pair.check_price_band(ticks, ref.last_price)

@@ -14,7 +14,7 @@ import time
 
 from redis.asyncio.client import Pipeline
 
-from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order
+from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order, price_ticks
 from services.api.schemas import AmendRequest, OrderRequest
 from services.common import keys
 from services.common.durable import DurableWriter
@@ -117,7 +117,7 @@ class OrderService:
         if req.qty is None and req.price is None:
             raise ExchangeError("INVALID_REQUEST", "give qty, price or both")
         lots = pair.qty_to_lots(req.qty) if req.qty is not None else 0
-        ticks = pair.price_to_ticks(req.price) if req.price is not None else 0
+        ticks = price_ticks(pair, req.price) if req.price is not None else 0
         if ticks:
             pair.check_price_band(ticks, (await self.market_ref(pair)).last_price)
         new_qty, new_price = lots or int(record["qty"]), ticks or int(record["price"])

@@ -472,18 +472,19 @@ async def test_after_the_fuzz_every_asset_is_still_conserved(
 
 # What the fuzz found, pinned. Unless noted, each was a 500; the first three after the
 # order's funds were held, so that an invalid request left money held for nothing.
+# Exponent notation is now refused outright (INVALID_NUMBER): only plain decimals pass.
 FOUND = {
     "sell far above any price": ("POST", "/api/v1/orders", {
         "symbol": "BTC-USD", "side": "sell", "price": "59906050161.22e1857", "qty": "0.1128"},
-        "QTY_TOO_LARGE"),
+        "INVALID_NUMBER"),
     "stop far above any price": ("POST", "/api/v1/orders", {
         "symbol": "BTC-USD", "side": "buy", "type": "stop_limit", "price": "50000.00",
-        "stop_price": "1e30", "qty": "0.0010"}, "QTY_TOO_LARGE"),
+        "stop_price": "1e30", "qty": "0.0010"}, "INVALID_NUMBER"),
     "sell stop far above any price": ("POST", "/api/v1/orders", {
         "symbol": "BTC-USD", "side": "sell", "type": "stop_market", "stop_price": "1e30",
-        "qty": "0.0010"}, "QTY_TOO_LARGE"),
+        "qty": "0.0010"}, "INVALID_NUMBER"),
     "amend a sell far above any price": ("PATCH", "/api/v1/orders/{order_id}",
-                                         {"price": "1e30"}, "QTY_TOO_LARGE"),
+                                         {"price": "1e30"}, "INVALID_NUMBER"),
     "qty out of decimal range": ("POST", "/api/v1/orders", {
         "symbol": "BTC-USD", "side": "sell", "price": "50000.00", "qty": "+1516e07382202853"},
         "INVALID_NUMBER"),
@@ -493,32 +494,32 @@ FOUND = {
         "account_id": "{account_id}", "asset": "USD", "amount": "99999999999999999999999999"},
         "INVALID_AMOUNT"),
     "deposit 1E+400": ("POST", "/api/v1/admin/deposits", {
-        "account_id": "{account_id}", "asset": "USD", "amount": "1E+400"}, "INVALID_AMOUNT"),
+        "account_id": "{account_id}", "asset": "USD", "amount": "1E+400"}, "INVALID_NUMBER"),
     "deposit out of decimal range": ("POST", "/api/v1/admin/deposits", {
         "account_id": "{account_id}", "asset": "USD", "amount": "1E+9999999"},
         "INVALID_NUMBER"),
     # Was INSUFFICIENT_FUNDS, by a float comparison in Lua; now refused like a deposit.
     "withdraw beyond 64 bits": ("POST", "/api/v1/admin/withdrawals", {
-        "account_id": "{account_id}", "asset": "USD", "amount": "1E+400"}, "INVALID_AMOUNT"),
+        "account_id": "{account_id}", "asset": "USD", "amount": "1E+400"}, "INVALID_NUMBER"),
     # Prices and amounts so small that they round to nothing.
     "buy at a price that rounds to no tick": ("POST", "/api/v1/orders", {
         "symbol": "BTC-USD", "side": "buy", "price": "+7184074954.8128388E-243512345",
-        "qty": "0.0026"}, "INVALID_PRICE_TICK"),
+        "qty": "0.0026"}, "INVALID_NUMBER"),
     # Was accepted (201) as a stop at 0.00, then rejected by the engine.
     "stop price that rounds to no tick": ("POST", "/api/v1/orders", {
         "symbol": "BTC-USD", "side": "buy", "type": "stop_limit", "price": "50000.00",
-        "stop_price": "1E-999999999", "qty": "0.0010"}, "INVALID_PRICE_TICK"),
+        "stop_price": "1E-999999999", "qty": "0.0010"}, "INVALID_NUMBER"),
     # Was accepted (202) and queued as an amend that changes nothing.
     "amend to a price that rounds to no tick": ("PATCH", "/api/v1/orders/{order_id}",
                                                 {"price": "1E-999999999"},
-                                                "INVALID_PRICE_TICK"),
+                                                "INVALID_NUMBER"),
     "withdraw an amount that rounds to nothing": ("POST", "/api/v1/admin/withdrawals", {
         "account_id": "{account_id}", "asset": "USD", "amount": "1E-999999999"},
-        "INVALID_AMOUNT"),
+        "INVALID_NUMBER"),
     # Was a deposit of nothing (200).
     "deposit an amount that rounds to nothing": ("POST", "/api/v1/admin/deposits", {
         "account_id": "{account_id}", "asset": "USD", "amount": "1E-999999999"},
-        "INVALID_AMOUNT"),
+        "INVALID_NUMBER"),
     # Its key then answered every signed request with a 500 (the bucket's PEXPIRE
     # overflowed, after the replay guard was already written).
     "a rate limit of 5e-324 per second": ("POST", "/api/v1/admin/accounts", {

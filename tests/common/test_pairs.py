@@ -32,7 +32,9 @@ def test_notional_is_exact_integer_units(markets: Markets) -> None:
 @pytest.mark.parametrize(("price", "code"), [
     ("67001.505", "INVALID_PRICE_TICK"), ("-1", "INVALID_PRICE"), ("0", "INVALID_PRICE"),
     ("abc", "INVALID_NUMBER"), ("NaN", "INVALID_NUMBER"), ("Infinity", "INVALID_NUMBER"),
-    (67001.5, "INVALID_NUMBER"),
+    (67001.5, "INVALID_NUMBER"), ("6.7e4", "INVALID_NUMBER"), ("67_001.50", "INVALID_NUMBER"),
+    (" 67001.50", "INVALID_NUMBER"), ("６７００１", "INVALID_NUMBER"), ("+67001", "INVALID_NUMBER"),
+    ("67001.", "INVALID_NUMBER"), (".5", "INVALID_NUMBER"),
 ])
 def test_bad_prices_are_refused_with_stable_codes(markets: Markets, price: object,
                                                   code: str) -> None:

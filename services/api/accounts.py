@@ -100,6 +100,8 @@ class AccountStore:
         except ResponseError as exc:
             if "UNKNOWN_ACCOUNT" in str(exc):
                 raise ExchangeError("UNKNOWN_ACCOUNT", f"no account {account_id}", 404) from None
+            if "BALANCE_TOO_LARGE" in str(exc):
+                raise ExchangeError("INVALID_AMOUNT", "the balance would grow too large") from None
             raise
 
     async def withdraw(self, account_id: str, asset_symbol: str, amount: str) -> int:

@@ -243,7 +243,8 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     # ---- trading (signed) -------------------------------------------------------------
 
-    @app.post("/api/v1/orders", tags=["trading"], status_code=201)
+    @app.post("/api/v1/orders", tags=["trading"], status_code=201, responses={
+        200: {"description": "A repeated client_order_id: the first order, nothing new"}})
     async def place_order(request: Request, body: OrderRequest,
                           account_id: Account) -> JSONResponse:
         order, created = await request.app.state.orders.place(account_id, body)
@@ -286,7 +287,9 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
                         account_id: Account) -> dict[str, object]:
         return await request.app.state.orders.get(account_id, order_id)
 
-    @app.delete("/api/v1/orders/{order_id}", tags=["trading"])
+    @app.delete("/api/v1/orders/{order_id}", tags=["trading"], responses={
+        202: {"description": "The cancel is queued but not settled within 2 s: the order "
+                             "as it stands; its outcome follows"}})
     async def cancel_order(request: Request, order_id: str,
                            account_id: Account) -> JSONResponse:
         order, settled = await request.app.state.orders.cancel(account_id, order_id)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.common import keys
-from services.common.client import ExchangeClient
+from services.common.client import ApiError, ExchangeClient
 from services.common.redis_conn import connect
 from services.common.signing import signed_headers
 from services.local.up import LocalExchange
@@ -82,3 +82,10 @@ async def test_operator_routes_refuse_api_keys_and_missing_token(admin: Exchange
         "authorization": f"Bearer {admin.admin_token}"}, json={
         "account_id": "999999", "asset": "USD", "amount": "1"})
     assert (response.status_code, response.json()["error"]["code"]) == (404, "UNKNOWN_ACCOUNT")
+    # Balances stay below 2**53 units (exact in the scripts): 9e9 USD is fine once...
+    await admin.deposit(credentials.account_id, "USD", "9000000000")
+    with pytest.raises(ApiError) as too_much:  # ...but not twice
+        await admin.deposit(credentials.account_id, "USD", "9000000000")
+    assert too_much.value.code == "INVALID_AMOUNT"
+    balances = await admin.as_account(credentials).balances()
+    assert balances["USD"]["available"] == "9000000000.000000"

@@ -22,4 +22,6 @@ async def test_every_route_documents_its_error_responses(admin: ExchangeClient) 
     place = spec["paths"]["/api/v1/orders"]["post"]
     assert "RATE_LIMITED" in place["responses"]["429"]["description"]
     assert "INSUFFICIENT_FUNDS" in place["responses"]["400"]["description"]
+    assert {"200", "201"} <= set(place["responses"])  # 200: a repeated client_order_id
+    assert "202" in spec["paths"]["/api/v1/orders/{order_id}"]["delete"]["responses"]
     assert (await admin.http.get("/docs")).status_code == 200

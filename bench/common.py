@@ -15,7 +15,7 @@ generator knows which orders rest because it runs every op through `ReferenceBoo
 small, obviously-correct price-time book (also the reference the engines' trades are
 compared with). Fixed rates of adds and cancels have no size equilibrium (the book either
 drains or grows without bound), so the market orders' mean size is steered by how many
-orders rest: about 2k stay resting, as in the peer figures of /work/shared/TOOLING.md.
+orders rest: about 2k stay resting, the size the peer figures were measured at.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Writes acknowledged only once a replica has them (DESIGN §5, TOOLING: WAIT).
+"""Writes acknowledged only once a replica has them (WAIT).
 
 Replication is asynchronous: a master that dies can take writes it acknowledged with
 it. WAIT makes the current connection wait until its writes reached N replicas, so the

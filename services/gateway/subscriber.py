@@ -2,7 +2,7 @@
 
 Why not redis-py's cluster pub/sub: with several nodes its `get_sharded_message` polls
 them in turn and waits its full timeout on each idle one, and after a failover it raises
-forever (TOOLING.md). So this module keeps ONE plain `redis.asyncio.Redis` pub/sub
+forever (redis-py 8.1). So this module keeps ONE plain `redis.asyncio.Redis` pub/sub
 connection per master that owns a subscribed channel's slot (for a single-node Redis,
 that one node) and ONE task reading it.
 

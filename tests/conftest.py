@@ -13,6 +13,7 @@ import pytest
 
 from services.common.client import ExchangeClient
 from services.common.pairs import Markets, load_markets
+from services.common.redis_conn import AnyRedis, connect
 from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_ports
 from services.local.up import LocalExchange, UpOptions
 
@@ -44,6 +45,14 @@ def stack(redis_cluster: LocalRedisCluster,
     )
     with LocalExchange(options) as exchange:
         yield exchange
+
+
+@pytest.fixture
+async def redis(redis_cluster: LocalRedisCluster) -> AsyncIterator[AnyRedis]:
+    """A client of the session's cluster (the one the stack runs on)."""
+    client = await connect(redis_cluster.url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -402,13 +402,6 @@ async def _state(redis: AnyRedis, markets: Markets, accounts: list[str]) -> dict
     return state
 
 
-@pytest.fixture
-async def redis(stack: LocalExchange) -> AsyncIterator[AnyRedis]:
-    client = await connect(stack.redis_url)
-    yield client
-    await client.aclose()
-
-
 async def test_invalid_requests_change_nothing(stack: LocalExchange, markets: Markets,
                                                redis: AnyRedis) -> None:
     """Only invalid data (schemathesis' negative mode), unsigned, signed and as operator:

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from services.common import keys
 from services.common.client import ExchangeClient
-from services.common.redis_conn import connect
 from services.local.up import LocalExchange
-
-
-@pytest.fixture
-async def redis(stack: LocalExchange):
-    client = await connect(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_the_api_secret_is_stored_sealed_and_never_logged(

@@ -6,17 +6,8 @@ import pytest
 
 from services.common import keys
 from services.common.client import ApiError, ExchangeClient
-from services.common.redis_conn import connect
-from services.local.up import LocalExchange
 from tests.support.ledger import ledger_totals, wait_until_settled
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def redis(stack: LocalExchange):
-    client = await connect(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def funded(admin: ExchangeClient, **deposits: str) -> ExchangeClient:

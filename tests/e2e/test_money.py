@@ -12,22 +12,13 @@ import pytest
 
 from services.common import keys
 from services.common.client import ApiError, ExchangeClient
-from services.common.redis_conn import connect
 from services.common.signing import signed_headers
-from services.local.up import LocalExchange
 from tests.support.ledger import ledger_totals, wait_until_settled
 
 # symbol -> (mid, tick, lot)
 MIDS = {"BTC-USD": (Decimal("60000"), Decimal("0.01"), Decimal("0.0001")),
         "ETH-USD": (Decimal("3000"), Decimal("0.01"), Decimal("0.001")),
         "ETH-BTC": (Decimal("0.05"), Decimal("0.00001"), Decimal("0.001"))}
-
-
-@pytest.fixture
-async def redis(stack: LocalExchange):
-    client = await connect(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_random_trading_on_all_pairs_conserves_every_asset(

@@ -19,11 +19,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-import pytest
-
 from services.common.client import ExchangeClient
-from services.common.redis_conn import connect
-from services.local.up import LocalExchange
 from tests.support.ledger import ledger_totals, wait_until_settled
 
 SEED = 20240604
@@ -56,13 +52,6 @@ SYMBOLS = list(SPECS)
 # Refusals a correct exchange gives to random but well-formed orders and cancels.
 EXPECTED_REFUSALS = {"INSUFFICIENT_FUNDS", "NO_LIQUIDITY", "ORDER_NOT_OPEN",
                      "PRICE_OUT_OF_BAND"}
-
-
-@pytest.fixture
-async def redis(stack: LocalExchange):
-    client = await connect(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 @dataclass

@@ -19,12 +19,9 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-import pytest
-
 from services.common import keys
 from services.common.client import ExchangeClient
 from services.common.pairs import Markets
-from services.common.redis_conn import connect
 from services.local.up import Child, LocalExchange
 from tests.support.ledger import ledger_totals, wait_until_settled
 from tests.support.waiting import eventually
@@ -43,13 +40,6 @@ PAIRS = {
     "ETH-BTC": (Decimal("0.05"), 10, {"BTC": "40", "ETH": "800"}),
 }
 SYMBOLS = list(PAIRS)
-
-
-@pytest.fixture
-async def redis(stack: LocalExchange):
-    client = await connect(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 @dataclass

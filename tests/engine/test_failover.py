@@ -28,13 +28,6 @@ PAIR = parse_markets({
 }).pair("LSE-USD")
 
 
-@pytest.fixture
-async def redis(redis_cluster):
-    client = await connect(redis_cluster.url)
-    yield client
-    await client.aclose()
-
-
 async def test_a_writer_paused_past_its_lease_can_never_commit(redis) -> None:
     pair_keys = keys.PairKeys(PAIR.symbol)
     old = Engine(redis, PAIR, lease=Lease(redis, pair_keys, "old", ttl_ms=200))

@@ -8,7 +8,6 @@ import random
 import time
 from collections import defaultdict
 
-import pytest
 from redis.asyncio import Redis
 
 from services.common import keys
@@ -23,7 +22,6 @@ from services.common.messages import (
     md_decoder,
 )
 from services.common.pairs import parse_markets
-from services.common.redis_conn import connect
 from services.engine.book import OrderBook
 from services.engine.runner import Engine, entry_time_ms
 
@@ -52,13 +50,6 @@ def random_commands(n: int, seed: int) -> list:
                                    10_000 + rnd.randint(-20, 20), rnd.randint(1, 50),
                                    rnd.choice(["GTC", "GTC", "IOC"])))  # type: ignore[arg-type]
     return commands
-
-
-@pytest.fixture
-async def redis(redis_cluster):
-    client = await connect(redis_cluster.url)
-    yield client
-    await client.aclose()
 
 
 async def run_engine(redis, engine: Engine, commands: list, batch: int) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from redis.asyncio import Redis
 
 from services.api.accounts import AccountStore
@@ -14,7 +13,6 @@ from services.api.schemas import OrderRequest
 from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.pairs import parse_markets
-from services.common.redis_conn import connect
 from services.engine.runner import Engine
 from services.settlement.worker import PairSettler
 
@@ -25,13 +23,6 @@ MARKETS = parse_markets({
                "price_decimals": 2, "qty_decimals": 3, "taker_fee_bps": 20}],
 })
 PAIR = MARKETS.pair("UPD-USD")
-
-
-@pytest.fixture
-async def redis(redis_cluster):
-    client = await connect(redis_cluster.url)
-    yield client
-    await client.aclose()
 
 
 async def test_deposit_hold_and_fill_each_publish_a_numbered_update(redis) -> None:

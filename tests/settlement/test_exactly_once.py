@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
 from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.pairs import parse_markets
-from services.common.redis_conn import connect
 from services.engine.runner import Engine
-from services.local.redis_cluster import LocalRedisCluster
 from services.settlement.worker import PairSettler
 
 # A pair of its own, so no engine of the shared test stack touches its slot.
@@ -23,13 +19,6 @@ MARKETS = parse_markets({
                "price_decimals": 2, "qty_decimals": 3}],
 })
 PAIR = MARKETS.pair("SETL-USD")
-
-
-@pytest.fixture
-async def redis(redis_cluster: LocalRedisCluster):
-    client = await connect(redis_cluster.url)
-    yield client
-    await client.aclose()
 
 
 async def test_replayed_entry_settles_once_and_releases_price_improvement(redis) -> None:

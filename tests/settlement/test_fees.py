@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-import pytest
-
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
 from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.pairs import parse_markets
-from services.common.redis_conn import connect
 from services.engine.runner import Engine
-from services.local.redis_cluster import LocalRedisCluster
 from services.settlement.worker import PairSettler
 
 # Its own pair (no engine of the shared stack touches its slot): 0.2 % taker fee and a
@@ -28,13 +24,6 @@ MARKETS = parse_markets({
                "taker_fee_bps": 20}],
 })
 PAIR = MARKETS.pair("FEE-USD")
-
-
-@pytest.fixture
-async def redis(redis_cluster: LocalRedisCluster):
-    client = await connect(redis_cluster.url)
-    yield client
-    await client.aclose()
 
 
 async def test_taker_pays_the_fee_maker_earns_the_rebate_fee_account_keeps_the_rest(

@@ -12,7 +12,6 @@ from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.messages import Command
 from services.common.pairs import Pair, parse_markets
-from services.common.redis_conn import connect
 from services.engine.runner import Engine
 from services.settlement.reconciler import reconcile_once
 from services.settlement.worker import PairSettler
@@ -31,13 +30,6 @@ class ApiThatDiesBeforeEnqueue(OrderService):
 
     async def _enqueue(self, pair: Pair, command: Command) -> None:
         raise ConnectionError("API process died")
-
-
-@pytest.fixture
-async def redis(redis_cluster):
-    client = await connect(redis_cluster.url)
-    yield client
-    await client.aclose()
 
 
 async def run_engine_and_settle(redis, engine: Engine) -> None:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 
 from services.api.order_rules import MAX_EXACT_UNITS
-from services.api.secrets_box import SecretBox
 from services.common import keys
+from services.common.api_keys import ApiKeyStore
 from services.common.errors import ExchangeError
 from services.common.pairs import Asset, Markets
 from services.common.redis_conn import AnyRedis
 from services.common.scripts import lua
+from services.common.secrets_box import SecretBox
 
 _DEPOSIT_LUA = lua("services.api", "deposit.lua", publishes=True)
 _WITHDRAW_LUA = lua("services.api", "withdraw.lua", publishes=True)
@@ -28,14 +29,6 @@ def _amount_units(asset: Asset, amount: str) -> int:
     if units >= MAX_EXACT_UNITS:
         raise ExchangeError("INVALID_AMOUNT", "amount is too large")
     return units
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    account_id: str
-    secret: str
-    rate_per_s: float  # signed requests per second, sustained
-    burst: int
 
 
 @dataclass(frozen=True)
@@ -53,10 +46,10 @@ class AccountStore:
         self.box = box
         self.rate_per_s = rate_per_s
         self.burst = burst
+        self.api_keys = ApiKeyStore(redis, box)
+        self.lookup_key = self.api_keys.lookup_key
         self._deposit = redis.register_script(_DEPOSIT_LUA)
         self._withdraw = redis.register_script(_WITHDRAW_LUA)
-        # Keys are immutable once issued, so a process may cache them.
-        self._key_cache: dict[str, ApiKey] = {}
 
     async def create(self, rate_per_s: float | None = None,
                      burst: int | None = None) -> NewAccount:
@@ -73,21 +66,6 @@ class AccountStore:
             "rate_per_s": rate_per_s or self.rate_per_s, "burst": burst or self.burst,
         })
         return NewAccount(account_id, api_key, api_secret)
-
-    async def lookup_key(self, api_key: str) -> ApiKey | None:
-        cached = self._key_cache.get(api_key)
-        if cached is not None:
-            return cached
-        if not api_key or len(api_key) > 128:
-            return None
-        record = await self.redis.hgetall(keys.api_key(api_key))
-        if not record:
-            return None
-        found = ApiKey(record[b"account_id"].decode(),
-                       self.box.open(record[b"secret_sealed"].decode(), api_key),
-                       float(record[b"rate_per_s"]), int(record[b"burst"]))
-        self._key_cache[api_key] = found
-        return found
 
     async def deposit(self, account_id: str, asset_symbol: str, amount: str) -> int:
         asset = self.markets.asset(asset_symbol)

@@ -27,7 +27,6 @@ from services.api.schemas import (
     NewAccountRequest,
     OrderRequest,
 )
-from services.api.secrets_box import SecretBox
 from services.api.settings import ApiSettings
 from services.common import keys
 from services.common.book_cache import book_checksum, read_book, wire_levels
@@ -36,6 +35,7 @@ from services.common.errors import ExchangeError
 from services.common.intervals import INTERVALS_MS
 from services.common.pairs import Markets, Pair, load_markets
 from services.common.redis_conn import connect
+from services.common.secrets_box import SecretBox
 from services.common.tracing import setup_tracing
 
 MAX_BODY_BYTES = 64 * 1024

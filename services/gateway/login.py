@@ -2,7 +2,7 @@
 
 API.md: `{"op":"login","id":3,"api_key":"...","timestamp":ms,"signature":"..."}` with
 signature = hex(HMAC-SHA256(secret, timestamp + "GET" + "/ws")). Checked like a signed
-REST request (services/api/auth.py), with the API's own key store and sealed secrets
+REST request, with the same key store and sealed secrets as the API
 (`EXCHANGE_SECRETS_KEY`): the timestamp within ±5 s, the key known, the HMAC right, and
 the signature used once (a replay guard on the key's slot for twice the window).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import time
 
-from services.api.accounts import AccountStore
 from services.common import keys
+from services.common.api_keys import ApiKeyStore
 from services.common.errors import ExchangeError
 from services.common.signing import SIGNATURE_WINDOW_MS, sign, signature_matches
 from services.gateway.protocol import Credentials
@@ -32,7 +32,7 @@ def now_ms() -> int:
 class LoginVerifier:
     """Verifies login credentials; `accounts` None: no secrets key, logins unavailable."""
 
-    def __init__(self, accounts: AccountStore | None) -> None:
+    def __init__(self, accounts: ApiKeyStore | None) -> None:
         self.accounts = accounts
 
     async def verify(self, credentials: Credentials, current: str | None) -> str:

@@ -33,12 +33,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.api.accounts import AccountStore
-from services.api.secrets_box import SECRETS_KEY_ENV, SecretBox
+from services.common.api_keys import ApiKeyStore
 from services.common.errors import ExchangeError
 from services.common.pairs import load_markets
 from services.common.process import run_service
 from services.common.redis_conn import AnyRedis, connect
+from services.common.secrets_box import SECRETS_KEY_ENV, SecretBox
 from services.gateway import frames
 from services.gateway.client import SHUTDOWN_CLOSE, Client
 from services.gateway.hub import MarketHub
@@ -105,7 +105,7 @@ class Gateway:
         self.subscriber = ShardedSubscriber(self.redis)
         self.hub = MarketHub(self.redis, self.subscriber, self.markets)
         self.login = LoginVerifier(
-            AccountStore(self.redis, self.markets, box) if box is not None else None)
+            ApiKeyStore(self.redis, box) if box is not None else None)
         self._server = await serve(
             self._handle, self.settings.host, self.settings.port,
             process_request=self._route,

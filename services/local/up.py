@@ -23,8 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.api.secrets_box import SECRETS_KEY_ENV, new_key
 from services.common.pairs import load_markets
+from services.common.secrets_box import SECRETS_KEY_ENV, new_key
 from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_ports, port_free
 
 

@@ -20,11 +20,11 @@ import pytest
 import pytest_asyncio
 
 from services.api.accounts import AccountStore, NewAccount
-from services.api.secrets_box import SECRETS_KEY_ENV, SecretBox, new_key
 from services.common.keys import AccountKeys
 from services.common.order_record import order_to_wire
 from services.common.pairs import load_markets
 from services.common.redis_conn import AnyRedis
+from services.common.secrets_box import SECRETS_KEY_ENV, SecretBox, new_key
 from services.common.signing import sign
 from services.gateway.server import Gateway, GatewaySettings
 from tests.gateway.harness import PAIR, TIMEOUT, WsClient, ws_client

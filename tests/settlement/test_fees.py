@@ -8,9 +8,9 @@ from decimal import Decimal
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
-from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.pairs import parse_markets
+from services.common.secrets_box import SecretBox, new_key
 from services.engine.runner import Engine
 from services.settlement.worker import PairSettler
 

@@ -8,10 +8,10 @@ import pytest
 from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
-from services.api.secrets_box import SecretBox, new_key
 from services.common import keys
 from services.common.messages import Command
 from services.common.pairs import Pair, parse_markets
+from services.common.secrets_box import SecretBox, new_key
 from services.engine.runner import Engine
 from services.settlement.reconciler import reconcile_once
 from services.settlement.worker import PairSettler

@@ -13,8 +13,7 @@ from services.api.schemas import OrderRequest
 from services.common import keys
 from services.common.pairs import parse_markets
 from services.common.secrets_box import SecretBox, new_key
-from services.engine.runner import Engine
-from services.settlement.worker import PairSettler
+from tests.support.pipeline import match_queued, settle_all
 
 MARKETS = parse_markets({
     "assets": {"UPD": {"decimals": 8}, "USD": {"decimals": 6}},
@@ -41,14 +40,8 @@ async def test_deposit_hold_and_fill_each_publish_a_numbered_update(redis) -> No
             symbol="UPD-USD", side="sell", price="100.00", qty="1.000"))
         placed, _ = await orders.place(buyer.account_id, OrderRequest(
             symbol="UPD-USD", side="buy", price="100.00", qty="1.000"))
-        engine = Engine(redis, PAIR)
-        await engine.recover()
-        inbox = keys.PairKeys(PAIR.symbol).inbox
-        batch = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {inbox: ">"})
-        await engine.process_batch(batch[0][1])
-        settler = PairSettler(redis, PAIR)
-        for _, fields in await redis.xrange(keys.PairKeys(PAIR.symbol).events):
-            await settler.settle_entry(fields)
+        await match_queued(redis, PAIR)
+        await settle_all(redis, PAIR)
 
         updates = []
         deadline = time.monotonic() + 10

@@ -8,8 +8,8 @@ from services.api.schemas import OrderRequest
 from services.common import keys
 from services.common.pairs import parse_markets
 from services.common.secrets_box import SecretBox, new_key
-from services.engine.runner import Engine
 from services.settlement.worker import PairSettler
+from tests.support.pipeline import match_queued
 
 # A pair of its own, so no engine of the shared test stack touches its slot.
 MARKETS = parse_markets({
@@ -33,12 +33,8 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
     await orders.place(buyer.account_id, OrderRequest(
         symbol="SETL-USD", side="buy", price="100.00", qty="2.000"))
 
-    engine = Engine(redis, PAIR)
-    await engine.recover()
+    await match_queued(redis, PAIR)
     pair_keys = keys.PairKeys(PAIR.symbol)
-    batch = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {pair_keys.inbox: ">"})
-    await engine.process_batch(batch[0][1])
-
     settler = PairSettler(redis, PAIR)
     (_, fields), = await redis.xrange(pair_keys.events)
     for _ in range(3):  # a worker that crashed before XACK reads the entry again

@@ -11,8 +11,7 @@ from services.api.schemas import OrderRequest
 from services.common import keys
 from services.common.pairs import parse_markets
 from services.common.secrets_box import SecretBox, new_key
-from services.engine.runner import Engine
-from services.settlement.worker import PairSettler
+from tests.support.pipeline import match_queued, settle_all
 
 # Its own pair (no engine of the shared stack touches its slot): 0.2 % taker fee and a
 # 0.05 % maker rebate.
@@ -42,14 +41,8 @@ async def test_taker_pays_the_fee_maker_earns_the_rebate_fee_account_keeps_the_r
     assert (await accounts.balances(taker.account_id))[1] == {
         "asset": "USD", "available": "848.197000", "held": "151.803000"}
 
-    engine = Engine(redis, PAIR)
-    await engine.recover()
-    pair_keys = keys.PairKeys(PAIR.symbol)
-    batch = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {pair_keys.inbox: ">"})
-    await engine.process_batch(batch[0][1])
-    settler = PairSettler(redis, PAIR)
-    for _, fields in await redis.xrange(pair_keys.events):
-        await settler.settle_entry(fields)
+    await match_queued(redis, PAIR)
+    await settle_all(redis, PAIR)
 
     # 1.5 traded at the maker's 100.00: notional 150. The taker pays 150 + 0.30 fee; the
     # maker receives 150 + 0.075 rebate; the fee account nets 0.30 - 0.075 = 0.225.

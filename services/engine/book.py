@@ -12,10 +12,12 @@ order. Integers only: prices in ticks, quantities in lots, budgets in tick*lot u
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import islice
+from collections import deque
+from collections.abc import Iterable
+from heapq import heapify, heappop, heappush
 
-from sortedcontainers import SortedDict, SortedList
+import msgspec
+from sortedcontainers import SortedList
 
 from services.common.messages import (
     AmendOrder,
@@ -38,41 +40,56 @@ from services.common.messages import (
 
 DEFAULT_BAND_BPS = 500  # market orders fill within 5 % of the reference price
 # Order ids remembered to refuse a re-sent placement (ids are unique per order, so a
-# repeat is the same command delivered twice). Bounded, and rebuilt by replay.
+# repeat is the same command delivered twice): the last 1-2 generations of this many.
+# Bounded, and kept in snapshots so a replay remembers exactly what the original run did.
 REMEMBERED_IDS = 200_000
 
 
-class RestingOrder:
-    __slots__ = ("account_id", "arrival", "order_id", "post_only", "price", "qty", "remaining",
-                 "side")
+class RestingOrder(msgspec.Struct, gc=False):
+    """An order in the book. A C-level struct: built and read far faster than a Python
+    class; never in a reference cycle (strings and ints only), so the GC skips it."""
 
-    def __init__(self, order_id: str, account_id: str, side: str, price: int, qty: int,
-                 remaining: int, post_only: bool) -> None:
-        self.arrival = 0  # set when it rests: cancel-all goes oldest first
-        self.order_id = order_id
-        self.account_id = account_id
-        self.side = side
-        self.price = price
-        self.qty = qty  # total quantity, as amended
-        self.remaining = remaining
-        self.post_only = post_only
+    order_id: str
+    account_id: str
+    side: str
+    price: int
+    qty: int  # total quantity, as amended
+    remaining: int  # 0 once it has left the book
+    post_only: bool
+    arrival: int = 0  # set when it rests: cancel-all goes oldest first
 
 
 class Level:
-    """Orders at one price in arrival order; OrderedDict gives O(1) cancel anywhere."""
+    """Orders at one price in arrival order.
 
-    __slots__ = ("orders", "total")
+    A cancelled order is not searched for in the queue: its `remaining` drops to 0 and it
+    stays, dead, until it reaches the front (or the queue is compacted). So a cancel is
+    O(1) and the front of the queue is a C-level deque read.
+    """
+
+    __slots__ = ("dead", "orders", "total")
 
     def __init__(self) -> None:
-        self.orders: OrderedDict[str, RestingOrder] = OrderedDict()
-        self.total = 0
+        self.orders: deque[RestingOrder] = deque()
+        self.total = 0  # lots of the live orders; 0 = the level is empty
+        self.dead = 0  # dead entries in `orders`
+
+
+# A level's queue is compacted when it holds this many dead entries and more dead than live.
+COMPACT_DEAD = 32
 
 
 class OrderBook:
     def __init__(self, band_bps: int = DEFAULT_BAND_BPS) -> None:
         self.band_bps = band_bps
-        self.bids: SortedDict[int, Level] = SortedDict()  # best = last
-        self.asks: SortedDict[int, Level] = SortedDict()  # best = first
+        # Levels by price, and a heap of their prices (negated for bids) whose top is the
+        # best level: a new level is one C-level push, and only dropping the best level
+        # pops; a dropped level deeper in the book leaves a stale price behind, discarded
+        # when it surfaces.
+        self.bids: dict[int, Level] = {}
+        self.asks: dict[int, Level] = {}
+        self._bid_heap: list[int] = []
+        self._ask_heap: list[int] = []
         self.orders: dict[str, RestingOrder] = {}
         self.stops: dict[str, tuple[PlaceOrder, int]] = {}  # id -> (order, arrival)
         # Waiting stops in the order a moving price crosses them: buy stops from the
@@ -81,7 +98,10 @@ class OrderBook:
         self._sell_stops: SortedList = SortedList()  # (-stop_price, arrival, order_id)
         self._arrivals = 0
         self._triggered: deque[str] = deque()
-        self._seen_ids: dict[str, None] = {}  # ids of the last 1-2 REMEMBERED_IDS placements
+        # Two generations of placed ids: sets, not an ordered dict, since a set is the
+        # cheapest membership test and a whole generation is forgotten at once.
+        self.seen_recent: set[str] = set()
+        self.seen_older: set[str] = set()
         # Best prices, cached: looking them up in the sorted dicts costs more than keeping
         # them right where levels appear and disappear.
         self.best_bid: int | None = None
@@ -99,19 +119,26 @@ class OrderBook:
 
     def apply(self, command: Command, ts: int) -> list[Event]:
         """Apply one command stamped with time `ts` (ms) and return its events in order."""
+        return self.apply_batch(((command, ts),))
+
+    def apply_batch(self, commands: Iterable[tuple[Command, int]]) -> list[Event]:
+        """Apply (command, ts) pairs in order and return all their events in order: what
+        the engine does with a batch of inputs, without a call and a list per command."""
         self._events = events = []
-        self._ts = ts
-        kind = type(command)
-        if kind is PlaceOrder:
-            self._place(command)  # type: ignore[arg-type]
-        elif kind is CancelOrder:
-            self._cancel(command)  # type: ignore[arg-type]
-        elif kind is AmendOrder:
-            self._amend(command)  # type: ignore[arg-type]
-        else:
-            self._cancel_all(command)  # type: ignore[arg-type]
-        while self._triggered:
-            self._fire(self._triggered.popleft())
+        place, cancel, triggered = self._place, self._cancel, self._triggered
+        for command, ts in commands:
+            self._ts = ts
+            kind = type(command)
+            if kind is PlaceOrder:
+                place(command)  # type: ignore[arg-type]
+            elif kind is CancelOrder:
+                cancel(command)  # type: ignore[arg-type]
+            elif kind is AmendOrder:
+                self._amend(command)  # type: ignore[arg-type]
+            else:
+                self._cancel_all(command)  # type: ignore[arg-type]
+            while triggered:
+                self._fire(triggered.popleft())
         return events
 
     def _seq(self) -> int:
@@ -128,19 +155,46 @@ class OrderBook:
 
     def _place(self, cmd: PlaceOrder) -> None:
         order_id = cmd.order_id
-        seen = self._seen_ids
-        if order_id in seen:
+        seen = self.seen_recent
+        if order_id in seen or order_id in self.seen_older:
             self._events.append(DuplicateIgnored(self._seq(), self._ts, order_id,
                                                  cmd.account_id))
             return
-        seen[order_id] = None
-        if len(seen) > 2 * REMEMBERED_IDS:
-            # Forget the older half in one go: amortised O(1), and a fresh dict (deleting
-            # from the front of a dict one by one would leave it full of dummies).
-            self._seen_ids = dict.fromkeys(islice(seen, REMEMBERED_IDS, None))
-        if cmd.type == "limit" and not (cmd.post_only or cmd.quote_qty or cmd.stop_price):
-            self._place_limit(cmd)
+        seen.add(order_id)
+        if len(seen) >= REMEMBERED_IDS:
+            self.seen_older, self.seen_recent = seen, set()
+        if cmd.type != "limit" or cmd.post_only or cmd.quote_qty or cmd.stop_price:
+            self._place_other(cmd)
             return
+        # A plain limit order, the common case, kept flat (this is the engine's hottest
+        # path): it rests, or crosses and goes to the matcher.
+        price, qty = cmd.price, cmd.qty
+        if price <= 0 or qty <= 0:
+            self._reject(cmd, "INVALID_PRICE" if price <= 0 else "INVALID_QTY")
+            return
+        self.last_seq = seq = self.last_seq + 1
+        account_id, side = cmd.account_id, cmd.side
+        self._events.append(OrderAccepted(seq, self._ts, order_id, account_id, side, "limit",
+                                          price, qty, cmd.tif))
+        if side == "buy":
+            best = self.best_ask
+            if best is not None and best <= price:
+                self._execute(cmd)
+                return
+        else:
+            best = self.best_bid
+            if best is not None and best >= price:
+                self._execute(cmd)
+                return
+        if cmd.tif != "GTC":
+            self._expire(order_id, account_id, qty,
+                         "ioc_remainder" if cmd.tif == "IOC" else "fok_unfilled")
+            return
+        self._arrivals = arrival = self._arrivals + 1
+        self._enqueue(RestingOrder(order_id, account_id, side, price, qty, qty, False, arrival))
+
+    def _place_other(self, cmd: PlaceOrder) -> None:
+        """Every placement but a plain limit order: validated, then matched or parked."""
         reason = self._invalid(cmd)
         if reason:
             self._reject(cmd, reason)
@@ -156,57 +210,10 @@ class OrderBook:
                 return
             self._accept(cmd)
             self._arrivals += 1
-            self.stops[cmd.order_id] = (cmd, self._arrivals)
-            if cmd.side == "buy":
-                self._buy_stops.add((cmd.stop_price, self._arrivals, cmd.order_id))
-            else:
-                self._sell_stops.add((-cmd.stop_price, self._arrivals, cmd.order_id))
+            self._park_stop(cmd, self._arrivals)
             return
         self._accept(cmd)
         self._execute(cmd)
-
-    def _place_limit(self, cmd: PlaceOrder) -> None:
-        """The common case, kept flat (this is the engine's hottest path): a plain limit
-        order that rests, or crosses and goes to the matcher."""
-        price, qty = cmd.price, cmd.qty
-        if price <= 0 or qty <= 0:
-            self._reject(cmd, "INVALID_PRICE" if price <= 0 else "INVALID_QTY")
-            return
-        self.last_seq = seq = self.last_seq + 1
-        order_id, account_id, side = cmd.order_id, cmd.account_id, cmd.side
-        self._events.append(OrderAccepted(seq, self._ts, order_id, account_id, side, "limit",
-                                          price, qty, cmd.tif))
-        if side == "buy":
-            best = self.best_ask
-            if best is not None and best <= price:
-                self._execute(cmd)
-                return
-            levels, changed = self.bids, self._changed_bids
-        else:
-            best = self.best_bid
-            if best is not None and best >= price:
-                self._execute(cmd)
-                return
-            levels, changed = self.asks, self._changed_asks
-        if cmd.tif != "GTC":
-            self._expire(order_id, account_id, qty,
-                         "ioc_remainder" if cmd.tif == "IOC" else "fok_unfilled")
-            return
-        # Rest it (as _rest does, inlined).
-        order = RestingOrder(order_id, account_id, side, price, qty, qty, False)
-        self._arrivals = order.arrival = self._arrivals + 1
-        self.orders[order_id] = order
-        level = levels.get(price)
-        if level is None:
-            level = levels[price] = Level()
-            if side == "buy":
-                if self.best_bid is None or price > self.best_bid:
-                    self.best_bid = price
-            elif self.best_ask is None or price < self.best_ask:
-                self.best_ask = price
-        level.orders[order_id] = order
-        level.total += qty
-        changed[price] = level.total
 
     def _invalid(self, cmd: PlaceOrder) -> str | None:
         limit_priced = cmd.type in ("limit", "stop_limit")
@@ -282,6 +289,7 @@ class OrderBook:
         stp = cmd.stp
         taker_id, taker_account, side, ts = cmd.order_id, cmd.account_id, cmd.side, self._ts
         events = self._events
+        resting = self.orders
         while True:
             price = self.best_ask if buying else self.best_bid
             if price is None:
@@ -290,18 +298,24 @@ class OrderBook:
                 return remaining, "price_band"
             level = book[price]
             orders = level.orders
-            while orders:
-                maker = next(iter(orders.values()))
+            while level.total:
+                maker = orders[0]
+                if not maker.remaining:  # cancelled earlier, left in the queue
+                    orders.popleft()
+                    level.dead -= 1
+                    continue
                 if stp != "none" and maker.account_id == taker_account:
                     if stp != "cancel_newest":  # cancel_oldest or cancel_both
                         self._remove(maker, level, "stp")
                     if stp != "cancel_oldest":
                         changed[price] = level.total
-                        if not orders:
+                        if not level.total:
                             self._drop_level(buying, price)
                         return remaining, "stp"
                     continue
-                fill = maker.remaining if remaining < 0 else min(remaining, maker.remaining)
+                fill = maker.remaining
+                if 0 <= remaining < fill:
+                    fill = remaining
                 if capped:
                     fill = min(fill, budget // price)
                     if fill == 0:
@@ -321,37 +335,49 @@ class OrderBook:
                                     maker.account_id, taker_id, taker_account, maker_done,
                                     taker_done))
                 if maker_done:
-                    orders.popitem(last=False)
-                    del self.orders[maker.order_id]
-                if self._buy_stops or self._sell_stops:
+                    orders.popleft()
+                    del resting[maker.order_id]
+                if self.stops:
                     self._collect_triggers(price)
                 if taker_done:
                     changed[price] = level.total
-                    if not orders:
+                    if not level.total:
                         self._drop_level(buying, price)
                     return max(remaining, 0), "filled"
-            changed[price] = level.total
+            changed[price] = 0
             self._drop_level(buying, price)
 
     def _drop_level(self, from_asks: bool, price: int) -> None:
         """Remove an empty level and keep the cached best price right."""
         if from_asks:
-            del self.asks[price]
+            levels = self.asks
+            del levels[price]
             if price == self.best_ask:
-                self.best_ask = self.asks.peekitem(0)[0] if self.asks else None
+                heap = self._ask_heap
+                while heap and heap[0] not in levels:
+                    heappop(heap)
+                self.best_ask = heap[0] if heap else None
         else:
-            del self.bids[price]
+            levels = self.bids
+            del levels[price]
             if price == self.best_bid:
-                self.best_bid = self.bids.peekitem(-1)[0] if self.bids else None
+                heap = self._bid_heap
+                while heap and -heap[0] not in levels:
+                    heappop(heap)
+                self.best_bid = -heap[0] if heap else None
 
     def _fillable(self, cmd: PlaceOrder, limit: int, qty: int) -> bool:
         """Would `qty` fill completely within `limit`, given self-trade prevention?"""
         buying = cmd.side == "buy"
         book = self.asks if buying else self.bids
-        prices = book.irange(maximum=limit) if buying else book.irange(minimum=limit,
-                                                                        reverse=True)
+        if buying:
+            prices = sorted(p for p in book if p <= limit)
+        else:
+            prices = sorted((p for p in book if p >= limit), reverse=True)
         for price in prices:
-            for maker in book[price].orders.values():
+            for maker in book[price].orders:
+                if not maker.remaining:
+                    continue
                 if cmd.stp != "none" and maker.account_id == cmd.account_id:
                     if cmd.stp == "cancel_oldest":
                         continue
@@ -370,39 +396,65 @@ class OrderBook:
         return self.best_ask if side == "buy" else self.best_bid
 
     def _rest(self, order: RestingOrder) -> None:
+        self._arrivals = order.arrival = self._arrivals + 1
+        self._enqueue(order)
+
+    def _enqueue(self, order: RestingOrder) -> None:
+        """Put an order at the back of its level's queue."""
         price = order.price
         if order.side == "buy":
-            side, changed = self.bids, self._changed_bids
-            if self.best_bid is None or price > self.best_bid:
-                self.best_bid = price
+            levels, changed = self.bids, self._changed_bids
+            level = levels.get(price)
+            if level is None:
+                level = levels[price] = Level()
+                self._push_price(self._bid_heap, levels, -1, price)
+                if self.best_bid is None or price > self.best_bid:
+                    self.best_bid = price
         else:
-            side, changed = self.asks, self._changed_asks
-            if self.best_ask is None or price < self.best_ask:
-                self.best_ask = price
-        level = side.get(price)
-        if level is None:
-            level = side[price] = Level()
-        level.orders[order.order_id] = order
+            levels, changed = self.asks, self._changed_asks
+            level = levels.get(price)
+            if level is None:
+                level = levels[price] = Level()
+                self._push_price(self._ask_heap, levels, 1, price)
+                if self.best_ask is None or price < self.best_ask:
+                    self.best_ask = price
+        level.orders.append(order)
         level.total += order.remaining
         changed[price] = level.total
-        self._arrivals = order.arrival = self._arrivals + 1
         self.orders[order.order_id] = order
+
+    @staticmethod
+    def _push_price(heap: list[int], levels: dict[int, Level], sign: int, price: int) -> None:
+        """Add a new level's price to its side's heap (keys are `sign * price`)."""
+        heappush(heap, sign * price)
+        if len(heap) > 2 * len(levels) + 64:
+            # Too many stale prices of levels dropped deep in the book: rebuild.
+            heap[:] = [sign * p for p in levels]
+            heapify(heap)
 
     def _remove(self, order: RestingOrder, level: Level, reason: str) -> None:
         """Take a resting order out (level totals kept right; caller drops empty levels)."""
-        del level.orders[order.order_id]
         level.total -= order.remaining
+        level.dead += 1
         del self.orders[order.order_id]
         self._events.append(OrderCancelled(self._seq(), self._ts, order.order_id,
                                            order.account_id, order.remaining,
                                            reason))  # type: ignore[arg-type]
+        order.remaining = 0
 
-    def _side(self, side: str) -> tuple[SortedDict, dict[int, int]]:
+    def _side(self, side: str) -> tuple[dict[int, Level], dict[int, int]]:
         if side == "buy":
             return self.bids, self._changed_bids
         return self.asks, self._changed_asks
 
     # ---- stops ----------------------------------------------------------------------
+
+    def _park_stop(self, cmd: PlaceOrder, arrival: int) -> None:
+        self.stops[cmd.order_id] = (cmd, arrival)
+        if cmd.side == "buy":
+            self._buy_stops.add((cmd.stop_price, arrival, cmd.order_id))
+        else:
+            self._sell_stops.add((-cmd.stop_price, arrival, cmd.order_id))
 
     def _collect_triggers(self, price: int) -> None:
         """Queue the stops a trade at `price` triggers, in the order it crossed them."""
@@ -440,12 +492,24 @@ class OrderBook:
     def _cancel_one(self, order_id: str, account_id: str, reason: str) -> bool:
         order = self.orders.get(order_id)
         if order is not None and order.account_id == account_id:
-            side, changed = self._side(order.side)
-            level = side[order.price]
-            self._remove(order, level, reason)
-            changed[order.price] = level.total
-            if not level.orders:
-                self._drop_level(order.side == "sell", order.price)
+            # A resting order, the common case (kept flat: a quarter of all commands).
+            price, remaining = order.price, order.remaining
+            if order.side == "buy":
+                level, changed = self.bids[price], self._changed_bids
+            else:
+                level, changed = self.asks[price], self._changed_asks
+            del self.orders[order_id]
+            order.remaining = 0
+            self.last_seq = seq = self.last_seq + 1
+            self._events.append(OrderCancelled(seq, self._ts, order_id, account_id, remaining,
+                                               reason))  # type: ignore[arg-type]
+            changed[price] = level.total = total = level.total - remaining
+            level.dead += 1
+            if not total:
+                self._drop_level(order.side == "sell", price)
+            elif level.dead > COMPACT_DEAD and 2 * level.dead > len(level.orders):
+                level.orders = deque(o for o in level.orders if o.remaining)
+                level.dead = 0
             return True
         stop = self.stops.get(order_id)
         if stop is not None and stop[0].account_id == account_id:
@@ -501,10 +565,11 @@ class OrderBook:
                                              new_remaining, False))
             return
         # Anything else re-queues: out of the book, then in again as if new (it may trade).
-        del level.orders[order.order_id]
         level.total -= order.remaining
+        level.dead += 1
+        order.remaining = 0
         changed[order.price] = level.total
-        if not level.orders:
+        if not level.total:
             self._drop_level(order.side == "sell", order.price)
         del self.orders[order.order_id]
         self._events.append(OrderAmended(self._seq(), self._ts, order.order_id,
@@ -524,7 +589,15 @@ class OrderBook:
 
     def depth(self, side: str) -> list[tuple[int, int]]:
         """(price, total lots) from the best level outward."""
-        if side == "buy":
-            return [(p, self.bids[p].total) for p in reversed(self.bids)]
-        return [(p, self.asks[p].total) for p in self.asks]
+        levels = self.bids if side == "buy" else self.asks
+        return [(p, levels[p].total) for p in sorted(levels, reverse=side == "buy")]
 
+    # ---- restoring from a snapshot --------------------------------------------------
+
+    def restore_order(self, order: RestingOrder) -> None:
+        """Put back a resting order a snapshot recorded; call in arrival order."""
+        self._enqueue(order)
+
+    def restore_stop(self, cmd: PlaceOrder, arrival: int) -> None:
+        """Put back a waiting stop a snapshot recorded."""
+        self._park_stop(cmd, arrival)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from services.common.messages import PlaceOrder
-from services.engine.book import Level, OrderBook, RestingOrder
+from services.engine.book import OrderBook, RestingOrder
 from services.engine.candles import Bar, Candles
 
 
@@ -25,7 +25,8 @@ class EngineSnapshot(msgspec.Struct, frozen=True, array_like=True):
     # (order_id, account_id, side, price, qty, remaining, post_only, arrival), by arrival
     orders: list[tuple[str, str, str, int, int, int, bool, int]]
     stops: list[tuple[PlaceOrder, int]]
-    seen_ids: list[str]
+    seen_older: list[str]  # the book's two generations of remembered order ids
+    seen_recent: list[str]
     bars: list[tuple[str, int, int, int, int, int, int, int, int]]
 
 
@@ -37,7 +38,7 @@ def capture(book: OrderBook, candles: Candles, *, last_input_id: str, md_seq: in
         book.last_price or 0, book._arrivals,
         [(o.order_id, o.account_id, o.side, o.price, o.qty, o.remaining, o.post_only,
           o.arrival) for o in orders],
-        list(book.stops.values()), list(book._seen_ids),
+        list(book.stops.values()), list(book.seen_older), list(book.seen_recent),
         [(b.interval, b.t, b.o, b.h, b.l, b.c, b.v, b.qv, b.n) for b in candles.current.values()],
     ))
 
@@ -55,22 +56,11 @@ def restore(blob: bytes, band_bps: int) -> tuple[EngineSnapshot, OrderBook, Cand
     for order_id, account_id, side, price, qty, remaining, post_only, arrival in snap.orders:
         order = RestingOrder(order_id, account_id, side, price, qty, remaining, post_only)
         order.arrival = arrival
-        levels = book.bids if side == "buy" else book.asks
-        level = levels.get(price)
-        if level is None:
-            level = levels[price] = Level()
-        level.orders[order_id] = order  # by arrival: the queue order at each price
-        level.total += remaining
-        book.orders[order_id] = order
-    book.best_bid = book.bids.peekitem(-1)[0] if book.bids else None
-    book.best_ask = book.asks.peekitem(0)[0] if book.asks else None
+        book.restore_order(order)
     for cmd, arrival in snap.stops:
-        book.stops[cmd.order_id] = (cmd, arrival)
-        if cmd.side == "buy":
-            book._buy_stops.add((cmd.stop_price, arrival, cmd.order_id))
-        else:
-            book._sell_stops.add((-cmd.stop_price, arrival, cmd.order_id))
-    book._seen_ids = dict.fromkeys(snap.seen_ids)
+        book.restore_stop(cmd, arrival)
+    book.take_level_changes()  # a restored book has changed nothing yet
+    book.seen_older, book.seen_recent = set(snap.seen_older), set(snap.seen_recent)
     candles = Candles()
     for interval, t, o, h, l, c, v, qv, n in snap.bars:  # noqa: E741
         bar = Bar(interval, t, o)

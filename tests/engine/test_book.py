@@ -236,3 +236,32 @@ def test_replaying_the_same_commands_gives_identical_events(cmds: list) -> None:
     first, second = OrderBook(), OrderBook()
     assert encode([e for ts, c in enumerate(cmds) for e in first.apply(c, ts)]) == \
         encode([e for ts, c in enumerate(cmds) for e in second.apply(c, ts)])
+
+
+def test_deep_books_with_heavy_cancelling_still_match_the_reference() -> None:
+    """Long queues with most orders cancelled (the book compacts them) and many levels
+    opened and closed deep in the book (its price heaps are rebuilt): same events and
+    book as the reference model, and each best price right after every command."""
+    cmds: list = []
+    for i in range(300):  # one long queue per side, then most of it cancelled
+        cmds.append(place(f"qs{i}", "sell", 200, 1 + i % 3, account=f"m{i % 7}"))
+        cmds.append(place(f"qb{i}", "buy", 50, 1 + i % 3, account=f"m{i % 7}"))
+    cmds += [CancelOrder(f"q{side}{i}", f"m{i % 7}") for i in range(300) if i % 5
+             for side in ("s", "b")]
+    for i in range(400):  # levels opened and closed far from the best
+        side, price = ("sell", 300 + i) if i % 2 else ("buy", 40 - i % 30)
+        cmds.append(place(f"d{i}", side, price, 2, account="d"))
+        cmds.append(CancelOrder(f"d{i}", "d"))
+    cmds.append(place("sweep-buy", "buy", 260, 400, account="t"))
+    cmds.append(place("sweep-sell", "sell", 1, 400, account="t"))
+    book, ref = OrderBook(band_bps=500), ReferenceBook(band_bps=500)
+    events = []
+    for ts, cmd in enumerate(cmds):
+        events += book.apply(cmd, ts)
+        ref.apply(cmd)
+        asks, bids = ref.depth("sell"), ref.depth("buy")
+        assert book.best_ask == (asks[0][0] if asks else None)
+        assert book.best_bid == (bids[0][0] if bids else None)
+    assert reduce_events(events) == ref.events
+    assert book.depth("buy") == ref.depth("buy") and book.depth("sell") == ref.depth("sell")
+    assert len(book.bids) + len(book.asks) == len(ref.depth("buy")) + len(ref.depth("sell"))

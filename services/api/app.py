@@ -86,7 +86,7 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
                                           burst=settings.burst)
         app.state.admit = redis.register_script(_ADMIT_LUA)
         app.state.durable = await DurableWriter.for_deployment(redis)
-        app.state.orders = OrderService(redis, markets, app.state.durable)
+        app.state.orders = OrderService(redis, markets, app.state.durable, settings.backlog)
         yield
         await app.state.durable.aclose()
         await redis.aclose()

@@ -44,15 +44,18 @@ _TOO_LARGE = _response("PAYLOAD_TOO_LARGE: bodies are limited to 64 KiB",
                        "PAYLOAD_TOO_LARGE", "bodies are limited to 65536 bytes")
 _RATE_LIMITED = _response("RATE_LIMITED: the key is over its request rate; see Retry-After",
                           "RATE_LIMITED", "over 100 requests/s (burst 200); retry in 40 ms")
-_NOT_DURABLE = _response(
-    "NOT_DURABLE: the write did not reach a replica in time; retry with the same "
-    "client_order_id to learn the outcome", "NOT_DURABLE",
-    "the write did not reach a replica in time")
+_UNAVAILABLE = _response(
+    "Try again shortly. Codes: NOT_DURABLE (the write did not reach a replica in time; "
+    "its outcome is unknown: retry with the same client_order_id to learn it), BACKLOG "
+    "(a new order on a pair whose engine or settlement has fallen behind past its limit; "
+    "nothing was done; see Retry-After)", "BACKLOG",
+    "BTC-USD is behind: 10000 orders wait for its engine (limit 10000); nothing was done, "
+    "retry shortly")
 
 RESPONSES_BY_TAG: dict[str, dict[int | str, dict[str, Any]]] = {
     "public": {400: _BAD_REQUEST, 404: _NOT_FOUND},
     "trading": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 409: _HALTED,
-                413: _TOO_LARGE, 429: _RATE_LIMITED, 503: _NOT_DURABLE},
+                413: _TOO_LARGE, 429: _RATE_LIMITED, 503: _UNAVAILABLE},
     "operator": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 413: _TOO_LARGE},
 }
 

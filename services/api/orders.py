@@ -11,11 +11,13 @@ import asyncio
 import json
 import secrets
 import time
+from dataclasses import dataclass
 
 from redis.asyncio.client import Pipeline
 
 from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order, price_ticks
 from services.api.schemas import AmendRequest, OrderRequest
+from services.api.settings import BacklogLimits
 from services.common import keys
 from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
@@ -29,6 +31,27 @@ from services.common.tracing import current_traceparent
 _HOLD_LUA = lua("services.api", "hold.lua", publishes=True)
 _AMEND_HOLD_LUA = lua("services.api", "amend_hold.lua", publishes=True)
 TERMINAL = frozenset({"filled", "cancelled", "rejected"})
+BACKLOG_RETRY_AFTER_S = 1
+
+# The pair as an order needs it, in ONE read of the pair's slot (the round trip an order
+# already made for the price band): its last commit's price, touch and halt flag, and how
+# far its engine and its settlement are behind, from the consumer groups' own counters
+# (pending = read, not yet committed/settled; lag = not read yet; both O(1)).
+# KEYS: 1 state, 2 input stream, 3 event stream; ARGV: 1 engine group, 2 settlement group
+_PAIR_VIEW_LUA = """#!lua flags=no-writes
+local function behind(stream, group)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local f = {}
+    for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+    -- lag is unknown (nil) only after an XDEL in the unread range; nothing deletes so.
+    if f['name'] == group then return f['pending'] + (f['lag'] or 0) end
+  end
+  return redis.call('XLEN', stream)  -- its reader never started: everything waits
+end
+local s = redis.call('HMGET', KEYS[1], 'last_price', 'best_bid', 'best_ask', 'status')
+return {s[1], s[2], s[3], s[4], behind(KEYS[2], ARGV[1]), behind(KEYS[3], ARGV[2])}
+"""
 
 
 def _ticks(raw: bytes | None) -> int | None:
@@ -40,27 +63,67 @@ def new_order_id() -> str:
     return f"{int(time.time() * 1000):x}{secrets.token_hex(5)}"
 
 
+@dataclass(frozen=True)
+class PairView:
+    """What the order path reads of a pair: its market as of the last commit, and its
+    backlog (entries its engine has not committed, and not yet settled)."""
+
+    ref: MarketRef
+    engine_backlog: int
+    settlement_backlog: int
+
+
+def backlog_refusal(symbol: str, view: PairView, limits: BacklogLimits) -> ExchangeError | None:
+    """The 503 BACKLOG for a new order on a pair that has fallen too far behind (so a
+    stalled stage makes clients back off instead of queueing without bound), or None."""
+    for waiting, limit, stage in (
+            (view.engine_backlog, limits.engine, "orders wait for its engine"),
+            (view.settlement_backlog, limits.settlement, "engine batches wait for settlement")):
+        if limit and waiting >= limit:
+            return ExchangeError(
+                "BACKLOG", f"{symbol} is behind: {waiting} {stage} (limit {limit}); "
+                "nothing was done, retry shortly", 503,
+                {"Retry-After": str(BACKLOG_RETRY_AFTER_S)})
+    return None
+
+
 class OrderService:
     def __init__(self, redis: AnyRedis, markets: Markets,
-                 durable: DurableWriter | None = None) -> None:
+                 durable: DurableWriter | None = None,
+                 backlog: BacklogLimits | None = None) -> None:
         self.redis = redis
         self.markets = markets
         # Holds and commands are acknowledged only once on a replica (0 replicas: as is).
         self.durable = durable or DurableWriter(redis, replicas=0)
+        self.backlog = backlog or BacklogLimits.from_env()
         self._hold = redis.register_script(_HOLD_LUA)
         self._amend_hold = redis.register_script(_AMEND_HOLD_LUA)
+        self._pair_view = redis.register_script(_PAIR_VIEW_LUA)
 
-    async def market_ref(self, pair: Pair) -> MarketRef:
-        """The pair's last price, touch and halt flag as of its last commit."""
-        last, bid, ask, status = await self.redis.hmget(
-            keys.PairKeys(pair.symbol).state, "last_price", "best_bid", "best_ask", "status")
-        return MarketRef(_ticks(last), _ticks(bid), _ticks(ask), status == b"halted")
+    async def pair_view(self, pair: Pair) -> PairView:
+        """The pair's last price, touch and halt flag as of its last commit, and its
+        backlog, in one round trip."""
+        k = keys.PairKeys(pair.symbol)
+        last, bid, ask, status, engine, settlement = await self._pair_view(
+            keys=[k.state, k.inbox, k.events], args=[keys.ENGINE_GROUP, keys.SETTLEMENT_GROUP])
+        return PairView(MarketRef(_ticks(last), _ticks(bid), _ticks(ask), status == b"halted"),
+                        int(engine), int(settlement))
 
     async def place(self, account_id: str, req: OrderRequest) -> tuple[dict[str, object], bool]:
-        """Validate, hold, enqueue. Returns (order, created); created is False when a
-        repeated client_order_id returned the first order instead."""
+        """Validate, check the pair's backlog, hold, enqueue. Returns (order, created);
+        created is False when a repeated client_order_id returned the first order."""
         pair = self.markets.pair(req.symbol)
-        plan = plan_order(pair, req, await self.market_ref(pair))
+        view = await self.pair_view(pair)
+        plan = plan_order(pair, req, view.ref)
+        account = keys.AccountKeys(account_id)
+        refusal = backlog_refusal(pair.symbol, view, self.backlog)
+        if refusal is not None:
+            # A retry of an order placed before the backlog built up still learns it.
+            first = (await self.redis.hget(account.client_ids, req.client_order_id)
+                     if req.client_order_id else None)
+            if first is None:
+                raise refusal
+            return await self.get(account_id, first.decode()), False
         order_id = new_order_id()
         now = int(time.time() * 1000)
         record = {
@@ -74,7 +137,6 @@ class OrderService:
             "status": "new", "reason": "", "created_ts": now, "updated_ts": now,
             "hold_asset": plan.hold_asset.symbol, "hold_left": plan.hold,
         }
-        account = keys.AccountKeys(account_id)
 
         async def hold(pipe: Pipeline) -> None:
             await self._hold(
@@ -119,7 +181,7 @@ class OrderService:
         lots = pair.qty_to_lots(req.qty) if req.qty is not None else 0
         ticks = price_ticks(pair, req.price) if req.price is not None else 0
         if ticks:
-            pair.check_price_band(ticks, (await self.market_ref(pair)).last_price)
+            pair.check_price_band(ticks, (await self.pair_view(pair)).ref.last_price)
         new_qty, new_price = lots or int(record["qty"]), ticks or int(record["price"])
         if record["side"] == "buy":
             notional = new_price * pair.quote_units_per_tick_lot
@@ -131,10 +193,16 @@ class OrderService:
         if max(new_qty * per_lot, pair.notional_units(new_price, new_qty)) >= MAX_EXACT_UNITS:
             raise ExchangeError("QTY_TOO_LARGE", "order value is too large")
         account = keys.AccountKeys(account_id)
-        outcome = await self._amend_hold(
-            keys=[account.balances, account.order(order_id), account.updates_seq,
-                  account.updates],
-            args=[asset.symbol, new_qty, per_lot])
+
+        async def hold_more(pipe: Pipeline) -> None:
+            await self._amend_hold(
+                keys=[account.balances, account.order(order_id), account.updates_seq,
+                      account.updates],
+                args=[asset.symbol, new_qty, per_lot], client=pipe)
+
+        # On a replica before the amend is queued, like a new order's hold: a hold lost
+        # with its master must not leave the engine a larger order than was paid for.
+        [outcome] = await self.durable.run(account.balances, hold_more)
         if outcome != b"OK":
             code = outcome.decode()
             messages = {"ORDER_NOT_OPEN": f"order {order_id} is not open",

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV
+
+
+@dataclass(frozen=True)
+class BacklogLimits:
+    """Back-pressure: how far behind a pair may fall before the API refuses new orders
+    on it (503 BACKLOG) rather than queue them without bound. 0 = no limit."""
+
+    # Commands in the pair's input stream its engine has not committed yet: a fraction
+    # of a second of an engine's work (bench/engine_redis), more than a healthy one has.
+    engine: int = 10_000
+    # Engine output entries (one per committed batch) not yet settled.
+    settlement: int = 5_000
+
+    @classmethod
+    def from_env(cls) -> BacklogLimits:
+        env = os.environ
+        return cls(engine=int(env.get("EXCHANGE_MAX_ENGINE_BACKLOG", cls.engine)),
+                   settlement=int(env.get("EXCHANGE_MAX_SETTLEMENT_BACKLOG", cls.settlement)))
 
 
 @dataclass(frozen=True)
@@ -25,6 +43,7 @@ class ApiSettings:
     burst: int = 200
     # Key that seals API secrets at rest; "" = read EXCHANGE_SECRETS_KEY.
     secrets_key: str = ""
+    backlog: BacklogLimits = field(default_factory=BacklogLimits)
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -38,4 +57,5 @@ class ApiSettings:
             port=int(env.get("EXCHANGE_API_PORT", cls.port)),
             rate_per_s=float(env.get("EXCHANGE_RATE_LIMIT_PER_S", cls.rate_per_s)),
             burst=int(env.get("EXCHANGE_RATE_LIMIT_BURST", cls.burst)),
+            backlog=BacklogLimits.from_env(),
         )

@@ -51,6 +51,9 @@ class PairSettler:
                 raise
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Settle the pair's entries until `stop`. `stop` is looked at between reads
+        only: a stop (SIGTERM) settles and acknowledges the batch in hand, reads no
+        other, and leaves nothing read but unsettled for the next worker."""
         await self.ensure_group()
         pending_first = True  # entries read but not acknowledged before a crash
         delay = 0.1

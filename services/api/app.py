@@ -9,6 +9,7 @@ from decimal import Decimal, DecimalException
 from importlib import resources
 from typing import Annotated, Literal
 
+import msgspec
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -33,12 +34,14 @@ from services.common.book_cache import book_checksum, read_book, wire_levels
 from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
 from services.common.intervals import INTERVALS_MS
+from services.common.messages import TradeTick
 from services.common.pairs import Markets, Pair, load_markets
 from services.common.redis_conn import connect
 from services.common.secrets_box import SecretBox
 from services.common.tracing import setup_tracing
 
 MAX_BODY_BYTES = 64 * 1024
+_trade_tick = msgspec.msgpack.Decoder(TradeTick)
 _ADMIT_LUA = resources.files("services.api").joinpath("admit.lua").read_text()
 STATIC_DIR = resources.files("services.api").joinpath("static")
 
@@ -191,12 +194,15 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     @app.get("/api/v1/markets/{symbol}/trades", tags=["public"])
     async def trades(request: Request, symbol: str,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
         pair = markets.pair(symbol)
         items = await request.app.state.redis.lrange(keys.PairKeys(pair.symbol).trades, 0,
                                                      limit - 1)
-        # Stored as wire JSON by the engine's commit, newest first: no re-encoding.
-        return Response(b"[" + b",".join(items) + b"]", media_type="application/json")
+        # Stored newest first as the engine's compact TradeTicks: formatted here, for the
+        # few a request asks for, rather than in the engine for every trade.
+        ticks = [_trade_tick.decode(item) for item in items]
+        return [{"id": str(t.id), "px": pair.format_price(t.price),
+                 "qty": pair.format_qty(t.qty), "side": t.side, "ts": t.ts} for t in ticks]
 
     @app.get("/api/v1/markets/{symbol}/candles", tags=["public"])
     async def candles(request: Request, symbol: str, interval: str = "1m",

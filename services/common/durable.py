@@ -5,24 +5,55 @@ it. WAIT makes the current connection wait until its writes reached N replicas, 
 write and its WAIT must go down one connection: a plain client to the master that owns
 the key's slot (redis-py's cluster client gives no hold on connections), refreshed when
 the slot moves.
+
+A failover (the master killed, a replica promoted by the cluster) is ridden out, not
+reported: the write is sent again, with backoff, until the slot's new master takes it or
+a time budget runs out. Sending again must never write twice. The scripts sent here are
+idempotent by design (a hold finds its own order record); a stream append is not, so
+after an attempt that may have reached the server (the connection broke mid-way), the
+entry is first looked for in the stream and only appended if it is not there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import ExchangeError
 from services.common.redis_conn import AnyRedis, is_cluster
 
+log = logging.getLogger("exchange.durable")
+
 WAIT_TIMEOUT_MS = 200
 WAIT_REPLICAS_ENV = "EXCHANGE_WAIT_REPLICAS"
+# Longer than a failover of the local cluster (node timeout 2 s, then the election).
+RETRY_BUDGET_S = 10.0
+# Nothing was written: the node refused the command (MOVED and ASK are AskErrors) or the
+# cluster is between two masters. Sending it again is always safe.
+NOT_APPLIED = (AskError, ClusterDownError, TryAgainError, ReadOnlyError)
+# The connection broke or timed out: the command may or may not have been applied.
+UNCERTAIN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Connection settings of the main client that the writer's own connections keep.
+_COPIED = ("username", "password", "credential_provider", "db", "client_name")
+CLOCK_MARGIN_MS = 1_000  # between our clock and the server's, when finding an entry
 
 
 class NotReplicated(ExchangeError):
@@ -32,11 +63,17 @@ class NotReplicated(ExchangeError):
             "unknown: retry with the same client_order_id", 503)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class DurableWriter:
-    def __init__(self, redis: AnyRedis, replicas: int, timeout_ms: int = WAIT_TIMEOUT_MS):
+    def __init__(self, redis: AnyRedis, replicas: int, timeout_ms: int = WAIT_TIMEOUT_MS,
+                 retry_budget_s: float = RETRY_BUDGET_S) -> None:
         self.redis = redis
         self.replicas = replicas  # 0: acknowledge on the master alone (single node)
         self.timeout_ms = timeout_ms
+        self.retry_budget_s = retry_budget_s
         self._masters: dict[tuple[str, int], Redis] = {}
 
     @classmethod
@@ -54,39 +91,97 @@ class DurableWriter:
         info = await redis.info("replication")
         return cls(redis, 1 if int(info.get("connected_slaves", 0)) > 0 else 0)
 
-    def _client_for(self, key: str) -> Redis | AnyRedis:
-        if not is_cluster(self.redis):
-            return self.redis
-        node = self.redis.get_node_from_key(key)
-        client = self._masters.get((node.host, node.port))
+    def _client_for(self, key: str) -> Redis:
+        if is_cluster(self.redis):
+            node = self.redis.get_node_from_key(key)
+            address, settings = (node.host, node.port), self.redis.nodes_manager.connection_kwargs
+        else:
+            settings = self.redis.connection_pool.connection_kwargs
+            address = (settings.get("host", "localhost"), settings.get("port", 6379))
+        client = self._masters.get(address)
         if client is None:
-            client = self._masters[(node.host, node.port)] = Redis(host=node.host,
-                                                                   port=node.port)
+            # retry 0: the library must not send a write again on its own after a broken
+            # connection; run() decides whether that is safe.
+            client = self._masters[address] = Redis(
+                host=address[0], port=address[1], retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=1.0, socket_timeout=1.0 + self.timeout_ms / 1000,
+                **{k: v for k, v in settings.items() if k in _COPIED or k.startswith("ssl")})
         return client
 
     async def run(self, key: str, queue: Callable[[Pipeline], Any]) -> list[Any]:
         """Send what `queue` adds to a pipeline on `key`'s master, then WAIT; returns
-        the results of the queued commands. NotReplicated if no replica confirmed."""
-        for attempt in (1, 2):
-            client = self._client_for(key)
-            pipe = client.pipeline(transaction=False)
-            await queue(pipe)
-            if self.replicas:
-                pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+        the results of the queued commands. NotReplicated if no replica confirmed.
+
+        What `queue` adds must be idempotent scripts or commands and plain appends
+        (`XADD key * field value ...`): a failed attempt is sent again until the budget
+        runs out (then the last error is raised), and an append that may have landed is
+        looked for instead of being repeated."""
+        deadline = time.monotonic() + self.retry_budget_s
+        delay = 0.05
+        uncertain: tuple[int, int] | None = None  # (from, to) ms of attempts that may have landed
+        while True:
+            started = _now_ms()
             try:
-                results = await pipe.execute()
-            except (MovedError, RedisConnectionError):
-                if attempt == 2 or not is_cluster(self.redis):
+                return await self._attempt(key, queue, uncertain)
+            except (*NOT_APPLIED, *UNCERTAIN) as exc:
+                if time.monotonic() + delay > deadline:
                     raise
-                # The slot moved (failover): learn the new master and send once more.
-                # A repeat is harmless: the engine ignores an order id it has seen.
-                await self.redis.nodes_manager.initialize()
-                self._masters.clear()
+                if isinstance(exc, UNCERTAIN):
+                    uncertain = (uncertain[0] if uncertain else started, _now_ms())
+                log.warning("write on %s failed (%r); sending again in %.2f s", key, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            if is_cluster(self.redis):
+                # The slot may have a new master (failover) or be moving (resharding).
+                try:
+                    await self.redis.nodes_manager.initialize()
+                except (*UNCERTAIN, RedisClusterException) as exc:  # the next attempt waits
+                    log.warning("slot map not refreshed: %r", exc)
+            # The clients of other masters are left as they are: other requests use them,
+            # and a broken connection is opened again when next used.
+
+    async def _attempt(self, key: str, queue: Callable[[Pipeline], Any],
+                       uncertain: tuple[int, int] | None) -> list[Any]:
+        client = self._client_for(key)
+        pipe = client.pipeline(transaction=False)
+        await queue(pipe)
+        landed: dict[int, bytes] = {}  # index in the pipeline -> id of the entry found
+        if uncertain is not None:
+            landed = await self._find_appends(client, pipe, *uncertain)
+            pipe.command_stack = [c for i, c in enumerate(pipe.command_stack)
+                                  if i not in landed]
+        queued = len(pipe.command_stack) + len(landed)
+        if self.replicas:
+            # An entry found came to this master by replication from the one that took
+            # it; WAIT covers what this connection writes (nothing, if all was found).
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+        results = list(await pipe.execute())
+        if self.replicas and results.pop() < self.replicas:
+            raise NotReplicated()
+        sent = iter(results)
+        return [landed[i] if i in landed else next(sent) for i in range(queued)]
+
+    @staticmethod
+    async def _find_appends(client: Redis, pipe: Pipeline, since_ms: int,
+                            until_ms: int) -> dict[int, bytes]:
+        """The plain appends of `pipe` whose entry an earlier attempt, between the two
+        times, already added: {index in the pipeline: entry id}."""
+        encoder = client.get_encoder()
+        found: dict[int, bytes] = {}
+        for index, (args, _) in enumerate(pipe.command_stack):
+            if str(args[0]).upper() != "XADD" or args[2] not in ("*", b"*"):
                 continue
-            if self.replicas and results[-1] < self.replicas:
-                raise NotReplicated()
-            return results[:-1] if self.replicas else results
-        raise AssertionError("unreachable")
+            fields = [encoder.encode(part) for part in args[3:]]
+            start = f"{since_ms - CLOCK_MARGIN_MS}-0"
+            end = f"{until_ms + CLOCK_MARGIN_MS}-0"
+            while entries := await client.xrange(args[1], start, end, count=500):
+                match = next((entry_id for entry_id, entry in entries
+                              if [x for kv in entry.items() for x in kv] == fields), None)
+                if match is not None:
+                    found[index] = match
+                    break
+                start = "(" + entries[-1][0].decode()
+        return found
 
     async def aclose(self) -> None:
         for client in self._masters.values():

@@ -5,9 +5,9 @@
 --       pair on, nothing is written), 2 consumer group, 3 events blob ('' = none),
 --       4 md blob ('' = none), 5 trades kept, 6 bars kept per interval, 7 the writer's
 --       fencing token (must be the lease's, once the pair has a lease),
---       then: n state fields, (field, value)...; n input ids, ids...;
+--       then: n state fields, (field, value)...; the input ids, space-separated;
 --       n bid levels, (price, lots)...; n ask levels, (price, lots)...;
---       n trades, wire trades (oldest first)...; n bars, (key index, start, wire bar)...
+--       n trades, msgpack TradeTicks (oldest first)...; n bars, (key index, start, wire bar)...$
 -- The state fields include event_seq (the seq of the batch's last event).
 local state, events, bids, asks, inbox, trades, md = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local token = redis.call('HGET', KEYS[8], 'token')
@@ -26,9 +26,10 @@ local i = 8
 local n = tonumber(ARGV[i]); i = i + 1
 local state_first, state_last = i, i + 2 * n - 1
 i = i + 2 * n
-n = tonumber(ARGV[i]); i = i + 1
-in_chunks(i, i + n - 1, function(a, b) redis.call('XACK', inbox, ARGV[2], unpack(ARGV, a, b)) end)
-i = i + n
+local ids = {}
+for id in string.gmatch(ARGV[i], '%S+') do ids[#ids + 1] = id end
+i = i + 1
+in_chunks(1, #ids, function(a, b) redis.call('XACK', inbox, ARGV[2], unpack(ids, a, b)) end)
 for _, book in ipairs({bids, asks}) do
   n = tonumber(ARGV[i]); i = i + 1
   for j = i, i + 2 * n - 1, 2 do

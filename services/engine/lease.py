@@ -9,6 +9,8 @@ import os
 import socket
 from importlib import resources
 
+from redis.exceptions import RedisError
+
 from services.common.keys import PairKeys
 from services.common.redis_conn import AnyRedis
 
@@ -42,9 +44,14 @@ class Lease:
         """Wait (as a standby) until the lease is ours; False if `stop` came first."""
         waited = False
         while not stop.is_set():
-            if await self.try_acquire():
-                log.info("%s: leader with fencing token %d", self.key, self.token)
-                return True
+            try:
+                if await self.try_acquire():
+                    log.info("%s: leader with fencing token %d", self.key, self.token)
+                    return True
+            except (RedisError, OSError) as exc:
+                # The pair's master is down or failing over: a standby waits it out like
+                # any other wait for the lease, and never dies of it.
+                log.warning("%s: lease not readable (%s); still waiting", self.key, exc)
             if not waited:
                 log.info("%s: standby, waiting for the lease", self.key)
                 waited = True

@@ -13,10 +13,18 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from importlib import resources
 
 import msgspec
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import keys
 from services.common.intervals import INTERVALS_MS
@@ -39,6 +47,11 @@ from services.engine.snapshot import capture, restore
 
 log = logging.getLogger("exchange.engine")
 
+# A commit is retried this long while the pair's master fails over (DESIGN §5).
+COMMIT_RETRY_S = 10.0
+# Errors after which sending the commit again is right: the node was unreachable or the
+# cluster between two masters (ClusterDownError and TryAgainError are ResponseErrors).
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
 TRADE_HISTORY = 1000  # trades kept for GET /markets/{symbol}/trades
 CANDLE_HISTORY = 5000  # bars kept per interval
 _COMMIT_LUA = resources.files("services.engine").joinpath("commit.lua").read_text()
@@ -114,8 +127,7 @@ class Engine:
         if last_input:
             while True:
                 entries = await self.redis.xrange(k.inbox, start, last_input, count=1000)
-                for entry_id, fields in entries:
-                    self._apply(entry_id, fields)
+                self._apply(entries)
                 if len(entries) < 1000:
                     break
                 start = "(" + entries[-1][0].decode()
@@ -132,19 +144,20 @@ class Engine:
                  self.pair.symbol, " from a snapshot" if blob else "", expected, self.md_seq,
                  len(self.book.orders))
 
-    def _apply(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Event]:
-        try:
-            command: Command = command_decoder.decode(fields[b"c"])
-        except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
-            # Only the API writes here and it validates; an undecodable entry is skipped
-            # (and acknowledged) the same way on every replay, so state stays consistent.
-            log.error("%s: skipping malformed input %s", self.pair.symbol, entry_id)
-            return []
-        events = self.book.apply(command, entry_time_ms(entry_id))
-        for event in events:
-            if isinstance(event, Trade):
-                self.candles.on_trade(event.ts, event.price, event.qty,
-                                      self.pair.notional_units(event.price, event.qty))
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+        """Match a batch of input entries; the events, in order."""
+        commands: list[tuple[Command, int]] = []
+        decode = command_decoder.decode
+        for entry_id, fields in entries:
+            try:
+                # entry_time_ms(entry_id), inlined: this loop runs for every order.
+                commands.append((decode(fields[b"c"]), int(entry_id.partition(b"-")[0])))
+            except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+                # Only the API writes here and it validates; an undecodable entry is skipped
+                # (and acknowledged) the same way on every replay, so state stays consistent.
+                log.error("%s: skipping malformed input %s", self.pair.symbol, entry_id)
+        events = self.book.apply_batch(commands)
+        self.candles.on_trades(events, self.pair.quote_units_per_tick_lot)
         return events
 
     # ---- the loop -------------------------------------------------------------------
@@ -197,8 +210,21 @@ class Engine:
                 if pending_first and not entries:
                     pending_first = False
                     continue
+                if entries and not pending_first and await self._skipped(entries[0][0]):
+                    # Older inputs are pending, taken by a read whose reply was lost or
+                    # by a leader that was fenced off meanwhile. Inputs commit in stream
+                    # order: read the pending ones, this batch among them, from the start.
+                    log.warning("%s: inputs before %s are pending; reading them first",
+                                self.pair.symbol, entries[0][0])
+                    pending_first = True
+                    continue
                 if entries:
                     await self.process_batch(entries)
+            except TRANSIENT as exc:
+                log.warning("%s: Redis unavailable (%r); resuming once it is back",
+                            self.pair.symbol, exc)
+                await self._resume(stop)
+                pending_first = True
             except ResponseError as exc:
                 if "FENCED" in str(exc):
                     lost.set()  # another writer holds the pair now: never write again
@@ -206,11 +232,37 @@ class Engine:
                 log.warning("%s: batch failed (%s); recovering", self.pair.symbol, exc)
                 await self._recover_until_ok(stop)
                 pending_first = True
-            except (RedisError, OSError) as exc:
-                log.warning("%s: batch failed (%s); recovering", self.pair.symbol, exc)
-                await asyncio.sleep(0.2)
-                await self._recover_until_ok(stop)
+            except RedisError as exc:
+                log.warning("%s: batch failed (%r); resuming", self.pair.symbol, exc)
+                await self._resume(stop)
                 pending_first = True
+
+    async def _skipped(self, first_id: bytes) -> bool:
+        """Is there an input between the last one committed and `first_id`? Every such
+        input was delivered (a group delivers in order) but not committed."""
+        start = "(" + self._last_input_id if self._last_input_id else "-"
+        return bool(await self.redis.xrange(self.keys.inbox, start, b"(" + first_id, count=1))
+
+    async def _resume(self, stop: asyncio.Event) -> None:
+        """After losing Redis for a while (a failover): keep the state in memory if the
+        pair's slot still holds exactly the last commit we made, as it does when the
+        promoted replica had it; else rebuild from what it holds."""
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                seq, last_input = await self.redis.hmget(self.keys.state, "event_seq",
+                                                         "last_input_id")
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("%s: still unavailable (%s)", self.pair.symbol, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        else:
+            return
+        if (int(seq or 0), (last_input or b"").decode()) != (self.book.last_seq,
+                                                             self._last_input_id):
+            log.warning("%s: the slot lost or gained commits; recovering", self.pair.symbol)
+            await self._recover_until_ok(stop)
 
     async def _recover_until_ok(self, stop: asyncio.Event) -> None:
         delay = 0.2
@@ -226,21 +278,19 @@ class Engine:
     async def process_batch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Match every entry of the batch, then commit the whole batch in one script."""
         previous_seq = self.book.last_seq
-        events: list[Event] = []
-        for entry_id, fields in entries:
-            events.extend(self._apply(entry_id, fields))
+        events = self._apply(entries)
         bids, asks = self.book.take_level_changes()
-        trades = [e for e in events if isinstance(e, Trade)]
+        ticks = [TradeTick(e.trade_id, e.price, e.qty, e.taker_side, e.ts)
+                 for e in events if type(e) is Trade]
         bars = self.candles.take_changed()
         ts = entry_time_ms(entries[-1][0])
         md_blob = b""
         md_seq = self.md_seq
-        if bids or asks or trades:
+        if bids or asks or ticks:
             md_seq += 1
             md_blob = encode(MarketDataUpdate(
                 seq=md_seq, prev_seq=md_seq - 1, ts=ts, epoch=self.epoch,
-                bids=list(bids.items()), asks=list(asks.items()),
-                trades=[TradeTick(t.trade_id, t.price, t.qty, t.taker_side, t.ts) for t in trades],
+                bids=list(bids.items()), asks=list(asks.items()), trades=ticks,
                 candles=[CandleTick(b.interval, b.t, b.o, b.h, b.l, b.c, b.v, b.qv, b.n)
                          for b in bars],
             ))
@@ -256,22 +306,22 @@ class Engine:
             previous_seq, keys.ENGINE_GROUP, encode(events) if events else b"", md_blob,
             TRADE_HISTORY, CANDLE_HISTORY, self.lease.token if self.lease else 0, len(state),
             *(x for item in state.items() for x in item),
-            len(entries), *(entry_id for entry_id, _ in entries),
+            b" ".join([entry_id for entry_id, _ in entries]),  # one argument, not thousands
         ]
         for levels in (bids, asks):
             args.append(len(levels))
             for price, lots in levels.items():
                 args += (price, lots)
-        args.append(len(trades))
-        args += (self._wire_trade(t) for t in trades)
+        args.append(len(ticks))
+        args += map(encode, ticks)  # kept as TradeTicks; REST formats the few it returns
         args.append(len(bars))
         for bar in bars:
             args += (_CANDLE_KEY_INDEX[bar.interval], bar.t, self._wire_bar(bar))
         k = self.keys
-        await self._commit(
-            keys=[k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md, k.lease,
-                  *(k.candles(interval) for interval in INTERVALS_MS)],
-            args=args)
+        await self._commit_batch(
+            [k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md, k.lease,
+             *(k.candles(interval) for interval in INTERVALS_MS)],
+            args, entries[-1][0])
         self.md_seq = md_seq
         self._last_input_id = entries[-1][0].decode()
         self._since_snapshot += len(entries)
@@ -279,6 +329,37 @@ class Engine:
                 self._snapshotting is None or self._snapshotting.done()):
             self._since_snapshot = 0
             self._snapshotting = asyncio.create_task(self.snapshot())
+
+    async def _commit_batch(self, script_keys: list[str], args: list[bytes | str | int],
+                            last_input: bytes) -> None:
+        """Run the commit script, riding out a failover: a broken connection or a cluster
+        between masters is retried with backoff for up to COMMIT_RETRY_S. Never twice:
+        the script refuses a second run (STALE_WRITER), and a refusal that finds the
+        slot at exactly this batch means an earlier attempt landed (its reply was lost)."""
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        delay = 0.05
+        while True:
+            try:
+                await self._commit(keys=script_keys, args=args)
+                return
+            except TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: commit failed (%r); again in %.2f s", self.pair.symbol, exc,
+                            delay)
+            except ResponseError as exc:
+                if "STALE_WRITER" in str(exc) and await self._is_committed(last_input):
+                    return
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _is_committed(self, last_input: bytes) -> bool:
+        """Does the pair's slot hold this engine's state after the batch ending at
+        `last_input`? (Another writer would have been fenced off before this point.)"""
+        seq, committed_input = await self.redis.hmget(self.keys.state, "event_seq",
+                                                      "last_input_id")
+        return (int(seq or 0), committed_input) == (self.book.last_seq, last_input)
 
     async def snapshot(self) -> None:
         """Write a snapshot of the state as of the last commit, without pausing matching:
@@ -320,10 +401,4 @@ class Engine:
             "t": bar.t, "o": pair.format_price(bar.o), "h": pair.format_price(bar.h),
             "l": pair.format_price(bar.l), "c": pair.format_price(bar.c),
             "v": pair.format_qty(bar.v), "qv": pair.quote.format(bar.qv), "n": bar.n,
-        })
-
-    def _wire_trade(self, trade: Trade) -> bytes:
-        return self._json.encode({
-            "id": str(trade.trade_id), "px": self.pair.format_price(trade.price),
-            "qty": self.pair.format_qty(trade.qty), "side": trade.taker_side, "ts": trade.ts,
         })

@@ -319,6 +319,9 @@ class ShardedSubscriber:
                 except LINK_ERRORS as exc:
                     log.warning("pub/sub repair attempt %d/%d failed: %r",
                                 attempt, self.max_attempts, exc)
+                    # The slot map just read may predate a failover that is still under
+                    # way (a dead master still listed): read it again next time.
+                    self._refresh = True
                 else:
                     resync, self._unsynced = self._unsynced, set()
                     for channel in resync:

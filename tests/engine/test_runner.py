@@ -8,6 +8,7 @@ import random
 import time
 from collections import defaultdict
 
+import msgspec
 from redis.asyncio import Redis
 
 from services.common import keys
@@ -16,6 +17,7 @@ from services.common.messages import (
     CancelOrder,
     PlaceOrder,
     Trade,
+    TradeTick,
     command_decoder,
     encode,
     events_decoder,
@@ -116,8 +118,10 @@ async def test_each_batch_commits_once_and_market_data_agrees_with_the_event_log
         stored = [json.loads(m) for m in await redis.zrange(pair_keys.candles(interval), 0, -1)]
         assert stored == [expected[t] for t in sorted(expected)], interval
     # The trade tape and the last price agree with the log too.
-    tape = [json.loads(t) for t in await redis.lrange(pair_keys.trades, 0, -1)]
-    assert [t["id"] for t in tape] == [str(t.trade_id) for t in reversed(trades)][:len(tape)]
+    tape = [msgspec.msgpack.decode(t, type=TradeTick)
+            for t in await redis.lrange(pair_keys.trades, 0, -1)]
+    assert tape == [TradeTick(t.trade_id, t.price, t.qty, t.taker_side, t.ts)
+                    for t in reversed(trades)][:len(tape)]
     assert int(await redis.hget(pair_keys.state, "last_price")) == trades[-1].price
 
 

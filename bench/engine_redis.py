@@ -9,15 +9,15 @@ encoded as the API writes them (`XADD {"c": msgpack command, "tp": b""}`, pipeli
 Then, for each batch size, an engine is built in this process exactly as the engine
 service builds one (`Engine(redis, pair, batch_size=B)`, `await engine.recover()`) and
 fed by the loop of `Engine.run` with the BLOCK left out (everything is already queued):
-`XREADGROUP COUNT B` then `await engine.process_batch(entries)` - decode, match, and the
-one-script atomic commit of events, book levels, trades, candles, market data and acks.
+`engine.read_batch()` (XREAD COUNT B from the last committed input) then
+`await engine.process_batch(entries)` - decode, match, and the one-script atomic commit
+of events, book levels, trades, candles, market data and the engine's input position.
 `orders_per_s` is N / (first read to last commit); a commit time is one
 `process_batch` call (matching included, because a batch's commit waits for it).
 
-In the same run, on the same entries, the floor: a bare `XREADGROUP COUNT B` + `XACK`
-loop in a second consumer group - what reading the input costs with no work at all.
-Before each run every key of the pair but its input stream is deleted and the consumer
-group re-created, so each run starts from an empty book on the same input. Each batch
+In the same run, on the same entries, the floor: a bare `XREAD COUNT B` loop - what
+reading the input costs with no work at all. Before each run every key of the pair but
+its input stream is deleted, so each run starts from an empty book on the same input. Each batch
 size runs `--repeats` times, interleaved with the others; figures are medians of runs.
 
     .venv/bin/python bench/engine_redis.py [--orders 100000] [--batches 100,500,2000]
@@ -46,7 +46,6 @@ from common import (
     source_digest,
     write_results,
 )
-from redis.exceptions import ResponseError
 
 from services.common import keys
 from services.common.messages import CancelOrder, PlaceOrder, command_decoder, encode
@@ -58,7 +57,6 @@ from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_po
 
 SYMBOL = "BTC-USD"
 GOAL_ORDERS_PER_S = 100_000
-FLOOR_GROUP = "bench-floor"
 PREFILL_CHUNK = 2000  # XADDs per pipeline round trip
 
 
@@ -82,19 +80,14 @@ async def prefill(redis: AnyRedis, inbox: str, blobs: list[bytes]) -> float:
 
 
 async def reset_pair(redis: AnyRedis, k: keys.PairKeys) -> None:
-    """Delete every key of the pair except its input, and both consumer groups: the
-    next engine starts from nothing on the same input. Found by hash tag, so keys the
-    engine gains later are cleared too."""
+    """Delete every key of the pair except its input: the next engine starts from
+    nothing on the same input. Found by hash tag, so keys the engine gains later are
+    cleared too."""
     pattern = "{" + k.symbol + "}*"
     doomed = [key async for key in redis.scan_iter(match=pattern, count=1000)
               if key.decode() != k.inbox]
     for key in doomed:
         await redis.delete(key)
-    for group in (keys.ENGINE_GROUP, FLOOR_GROUP):
-        try:
-            await redis.xgroup_destroy(k.inbox, group)
-        except ResponseError:
-            pass  # no such group yet
 
 
 async def engine_run(redis: AnyRedis, pair: Any, batch: int, total: int) -> dict[str, float]:
@@ -119,9 +112,7 @@ async def engine_run(redis: AnyRedis, pair: Any, batch: int, total: int) -> dict
     consumed = 0
     start = time.perf_counter()
     while consumed < total:
-        streams = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {k.inbox: ">"},
-                                         count=batch)
-        entries = streams[0][1] if streams else []
+        entries = await engine.read_batch()
         if not entries:
             raise RuntimeError(f"input ran dry after {consumed} of {total} entries")
         t = time.perf_counter()
@@ -129,11 +120,10 @@ async def engine_run(redis: AnyRedis, pair: Any, batch: int, total: int) -> dict
         commits.append(time.perf_counter() - t)
         consumed += len(entries)
     elapsed = time.perf_counter() - start
-    # The run counts only if everything was committed: every input acked, seq stored.
-    pending = await redis.xpending(k.inbox, keys.ENGINE_GROUP)
-    seq = int(await redis.hget(k.state, "event_seq") or 0)
-    if pending["pending"] or seq != engine.book.last_seq:
-        raise RuntimeError(f"incomplete commit: {pending['pending']} pending, event_seq {seq} "
+    # The run counts only if everything was committed: every input, and the seq stored.
+    inputs, seq = await redis.hmget(k.state, "inputs", "event_seq")
+    if int(inputs or 0) != total or int(seq or 0) != engine.book.last_seq:
+        raise RuntimeError(f"incomplete commit: {inputs} of {total} inputs, event_seq {seq} "
                            f"vs book {engine.book.last_seq}")
     ms = [c * 1000 for c in commits]
     return {"orders_per_s": consumed / elapsed, "commit_p50_ms": percentile(ms, 0.50),
@@ -145,20 +135,16 @@ async def engine_run(redis: AnyRedis, pair: Any, batch: int, total: int) -> dict
 
 
 async def floor_run(redis: AnyRedis, inbox: str, batch: int, total: int) -> float:
-    """Bare XREADGROUP COUNT batch + XACK over the same entries: orders per second."""
-    try:
-        await redis.xgroup_destroy(inbox, FLOOR_GROUP)
-    except ResponseError:
-        pass
-    await redis.xgroup_create(inbox, FLOOR_GROUP, id="0")
+    """A bare XREAD COUNT batch loop over the same entries: orders per second."""
     consumed = 0
+    position = "0-0"
     start = time.perf_counter()
     while consumed < total:
-        streams = await redis.xreadgroup(FLOOR_GROUP, "floor", {inbox: ">"}, count=batch)
+        streams = await redis.xread({inbox: position}, count=batch)
         entries = streams[0][1] if streams else []
         if not entries:
             raise RuntimeError(f"floor ran dry after {consumed} of {total} entries")
-        await redis.xack(inbox, FLOOR_GROUP, *(entry_id for entry_id, _ in entries))
+        position = entries[-1][0]
         consumed += len(entries)
     return consumed / (time.perf_counter() - start)
 
@@ -211,7 +197,7 @@ async def run(orders: int, batches: list[int], repeats: int, seed: int) -> dict[
         "commit_p50_ms": round(per[best]["commit_p50_ms"], 3),
         "commit_p99_ms": round(per[best]["commit_p99_ms"], 3),
         "floor_orders_per_s": round(per[best]["floor_orders_per_s"]),
-        # Where the wall time of the best run goes: waiting for XREADGROUP, waiting for
+        # Where the wall time of the best run goes: waiting for XREAD, waiting for
         # the commit script, and the rest (decode, match, encode: Python in this process).
         "read_share": round(per[best]["read_share"], 3),
         "script_share": round(per[best]["script_share"], 3),

@@ -35,10 +35,19 @@ BACKLOG_RETRY_AFTER_S = 1
 
 # The pair as an order needs it, in ONE read of the pair's slot (the round trip an order
 # already made for the price band): its last commit's price, touch and halt flag, and how
-# far its engine and its settlement are behind, from the consumer groups' own counters
-# (pending = read, not yet committed/settled; lag = not read yet; both O(1)).
-# KEYS: 1 state, 2 input stream, 3 event stream; ARGV: 1 engine group, 2 settlement group
+# far its engine and its settlement are behind, each O(1): the engine, by the inputs ever
+# added to its stream less those it committed (state "inputs"); settlement, by its
+# consumer group's own counters (pending = read, not settled; lag = not read yet).
+# KEYS: 1 state, 2 input stream, 3 event stream; ARGV: 1 settlement group
 _PAIR_VIEW_LUA = """#!lua flags=no-writes
+local function added(stream)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then return info[i + 1] end
+  end
+  return redis.call('XLEN', stream)
+end
 local function behind(stream, group)
   if redis.call('EXISTS', stream) == 0 then return 0 end
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
@@ -49,8 +58,8 @@ local function behind(stream, group)
   end
   return redis.call('XLEN', stream)  -- its reader never started: everything waits
 end
-local s = redis.call('HMGET', KEYS[1], 'last_price', 'best_bid', 'best_ask', 'status')
-return {s[1], s[2], s[3], s[4], behind(KEYS[2], ARGV[1]), behind(KEYS[3], ARGV[2])}
+local s = redis.call('HMGET', KEYS[1], 'last_price', 'best_bid', 'best_ask', 'status', 'inputs')
+return {s[1], s[2], s[3], s[4], added(KEYS[2]) - tonumber(s[5] or 0), behind(KEYS[3], ARGV[1])}
 """
 
 
@@ -105,7 +114,7 @@ class OrderService:
         backlog, in one round trip."""
         k = keys.PairKeys(pair.symbol)
         last, bid, ask, status, engine, settlement = await self._pair_view(
-            keys=[k.state, k.inbox, k.events], args=[keys.ENGINE_GROUP, keys.SETTLEMENT_GROUP])
+            keys=[k.state, k.inbox, k.events], args=[keys.SETTLEMENT_GROUP])
         return PairView(MarketRef(_ticks(last), _ticks(bid), _ticks(ask), status == b"halted"),
                         int(engine), int(settlement))
 

@@ -2,13 +2,14 @@
 -- KEYS: 1 state, 2 events, 3 bids, 4 asks, 5 inbox, 6 trades, 7 md channel, 8 lease,
 --       9.. candles of each interval (sorted sets scored by bar start)
 -- ARGV: 1 expected event seq before the batch (fencing: if another writer moved the
---       pair on, nothing is written), 2 consumer group, 3 events blob ('' = none),
+--       pair on, nothing is written), 2 the batch's first input id, 3 events blob ('' = none),
 --       4 md blob ('' = none), 5 trades kept, 6 bars kept per interval, 7 the writer's
 --       fencing token (must be the lease's, once the pair has a lease),
---       then: n state fields, (field, value)...; the input ids, space-separated;
+--       then: n state fields, (field, value)...;
 --       n bid levels, (price, lots)...; n ask levels, (price, lots)...;
---       n trades, msgpack TradeTicks (oldest first)...; n bars, (key index, start, wire bar)...$
--- The state fields include event_seq (the seq of the batch's last event).
+--       n trades, msgpack TradeTicks (oldest first)...; n bars, (key index, start, wire bar)...
+-- The state fields include event_seq (the seq of the batch's last event) and
+-- last_input_id (the batch's last input): the engine's place in its input stream.
 local state, events, bids, asks, inbox, trades, md = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local token = redis.call('HGET', KEYS[8], 'token')
 if token and token ~= ARGV[7] then
@@ -18,6 +19,11 @@ local current = redis.call('HGET', state, 'event_seq') or '0'
 if current ~= ARGV[1] then
   return redis.error_reply('STALE_WRITER event_seq is ' .. current .. ', expected ' .. ARGV[1])
 end
+-- Inputs commit in stream order, none skipped: the batch starts right after the last one.
+local committed = redis.call('HGET', state, 'last_input_id')
+if #redis.call('XRANGE', inbox, committed and ('(' .. committed) or '-', '(' .. ARGV[2], 'COUNT', 1) > 0 then
+  return redis.error_reply('GAP inputs after ' .. (committed or 'the start') .. ' come before ' .. ARGV[2])
+end
 -- unpack() is bounded by Lua's stack, so variadic calls go in chunks.
 local function in_chunks(first, last, call)
   for s = first, last, 1000 do call(s, math.min(s + 999, last)) end
@@ -26,10 +32,6 @@ local i = 8
 local n = tonumber(ARGV[i]); i = i + 1
 local state_first, state_last = i, i + 2 * n - 1
 i = i + 2 * n
-local ids = {}
-for id in string.gmatch(ARGV[i], '%S+') do ids[#ids + 1] = id end
-i = i + 1
-in_chunks(1, #ids, function(a, b) redis.call('XACK', inbox, ARGV[2], unpack(ids, a, b)) end)
 for _, book in ipairs({bids, asks}) do
   n = tonumber(ARGV[i]); i = i + 1
   for j = i, i + 2 * n - 1, 2 do

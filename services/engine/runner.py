@@ -1,8 +1,8 @@
 """The engine process of one pair: read commands in batches, match, commit atomically.
 
-Crash safety: a batch's events, book cache, candles, market data and input
-acknowledgements are written by ONE script on the pair's slot, so a batch is committed
-whole or not at all, and only by the holder of the pair's lease (fencing token). On
+Crash safety: a batch's events, book cache, candles, market data and the engine's
+position in its input stream are written by ONE script on the pair's slot, so a batch is
+committed whole or not at all, and only by the holder of the pair's lease (fencing token). On
 start (or after a failed commit) the state is rebuilt from the latest snapshot plus the
 committed inputs after it, replayed through the pure book: the same state exactly.
 """
@@ -52,6 +52,7 @@ COMMIT_RETRY_S = 10.0
 # Errors after which sending the commit again is right: the node was unreachable or the
 # cluster between two masters (ClusterDownError and TryAgainError are ResponseErrors).
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
+Entries = list[tuple[bytes, dict[bytes, bytes]]]  # input stream entries: (id, fields)
 TRADE_HISTORY = 1000  # trades kept for GET /markets/{symbol}/trades
 CANDLE_HISTORY = 5000  # bars kept per interval
 _COMMIT_LUA = resources.files("services.engine").joinpath("commit.lua").read_text()
@@ -83,9 +84,6 @@ class Engine:
         self.keys = keys.PairKeys(pair.symbol)
         self.batch_size = batch_size
         self.block_ms = block_ms
-        # One consumer name for every engine process of the pair: a standby that takes
-        # over is redelivered what the old leader read but did not commit.
-        self.consumer = f"engine-{pair.symbol}"
         self.lease = lease  # None: no lease (tests, benchmarks); fenced once one exists
         self.book = OrderBook(band_bps=pair.market_band_bps)
         self.candles = Candles()
@@ -96,7 +94,12 @@ class Engine:
         self._json = msgspec.json.Encoder()
         self.snapshot_every = snapshot_every  # committed inputs between snapshots; 0 = none
         self._since_snapshot = 0
+        # The engine's place in its input stream is the last input it committed: it reads
+        # on from there (XREAD, no consumer group), so what a crashed or fenced-off
+        # leader read but did not commit is simply read again by the next one, and a
+        # fenced-off leader that goes on reading moves nothing for anyone else.
         self._last_input_id = ""
+        self._inputs = 0  # inputs committed since the pair began (state "inputs")
         self._snapshotting: asyncio.Task[None] | None = None
         self._previous_snapshot_input = ""
 
@@ -105,17 +108,13 @@ class Engine:
     async def recover(self) -> None:
         """Rebuild the book from the committed inputs and resume the pair's counters."""
         k = self.keys
-        try:
-            await self.redis.xgroup_create(k.inbox, keys.ENGINE_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
         # The epoch names this history of the pair; it changes only if state starts over.
         await self.redis.hsetnx(k.state, "epoch", secrets.token_hex(4))
         state = {key.decode(): value.decode()
                  for key, value in (await self.redis.hgetall(k.state)).items()}
         self.epoch = state["epoch"]
         self.md_seq = int(state.get("md_seq", 0))
+        self._inputs = int(state.get("inputs", 0))
         self.book = OrderBook(band_bps=self.pair.market_band_bps)
         self.candles = Candles()
         last_input = state.get("last_input_id")
@@ -144,7 +143,7 @@ class Engine:
                  self.pair.symbol, " from a snapshot" if blob else "", expected, self.md_seq,
                  len(self.book.orders))
 
-    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+    def _apply(self, entries: Entries) -> list[Event]:
         """Match a batch of input entries; the events, in order."""
         commands: list[tuple[Command, int]] = []
         decode = command_decoder.decode
@@ -197,51 +196,32 @@ class Engine:
             except (RedisError, OSError) as exc:
                 log.warning("%s: lease renewal failed (%s)", self.pair.symbol, exc)
 
+    async def read_batch(self, block_ms: int | None = None) -> Entries:
+        """The next inputs after the last committed one, up to a batch (waiting up to
+        `block_ms` for the first; None: not at all)."""
+        streams = await self.redis.xread({self.keys.inbox: self._last_input_id or "0-0"},
+                                         count=self.batch_size, block=block_ms)
+        return streams[0][1] if streams else []
+
     async def _lead(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
-        pending_first = True  # entries delivered before a crash come back with id "0"
         while not stop.is_set() and not lost.is_set():
             try:
-                streams = await self.redis.xreadgroup(
-                    keys.ENGINE_GROUP, self.consumer,
-                    {self.keys.inbox: "0" if pending_first else ">"},
-                    count=self.batch_size, block=None if pending_first else self.block_ms,
-                )
-                entries = streams[0][1] if streams else []
-                if pending_first and not entries:
-                    pending_first = False
-                    continue
-                if entries and not pending_first and await self._skipped(entries[0][0]):
-                    # Older inputs are pending, taken by a read whose reply was lost or
-                    # by a leader that was fenced off meanwhile. Inputs commit in stream
-                    # order: read the pending ones, this batch among them, from the start.
-                    log.warning("%s: inputs before %s are pending; reading them first",
-                                self.pair.symbol, entries[0][0])
-                    pending_first = True
-                    continue
+                entries = await self.read_batch(self.block_ms)
                 if entries:
                     await self.process_batch(entries)
             except TRANSIENT as exc:
                 log.warning("%s: Redis unavailable (%r); resuming once it is back",
                             self.pair.symbol, exc)
                 await self._resume(stop)
-                pending_first = True
             except ResponseError as exc:
                 if "FENCED" in str(exc):
                     lost.set()  # another writer holds the pair now: never write again
                     return
                 log.warning("%s: batch failed (%s); recovering", self.pair.symbol, exc)
                 await self._recover_until_ok(stop)
-                pending_first = True
             except RedisError as exc:
                 log.warning("%s: batch failed (%r); resuming", self.pair.symbol, exc)
                 await self._resume(stop)
-                pending_first = True
-
-    async def _skipped(self, first_id: bytes) -> bool:
-        """Is there an input between the last one committed and `first_id`? Every such
-        input was delivered (a group delivers in order) but not committed."""
-        start = "(" + self._last_input_id if self._last_input_id else "-"
-        return bool(await self.redis.xrange(self.keys.inbox, start, b"(" + first_id, count=1))
 
     async def _resume(self, stop: asyncio.Event) -> None:
         """After losing Redis for a while (a failover): keep the state in memory if the
@@ -275,7 +255,7 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def process_batch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def process_batch(self, entries: Entries) -> None:
         """Match every entry of the batch, then commit the whole batch in one script."""
         previous_seq = self.book.last_seq
         events = self._apply(entries)
@@ -298,15 +278,15 @@ class Engine:
         best_bid, best_ask = book.best_bid, book.best_ask
         state = {  # event_seq first: the script reads it as the events entry's seq
             "event_seq": book.last_seq, "md_seq": md_seq, "trade_id": book.last_trade_id,
-            "last_input_id": entries[-1][0], "last_price": book.last_price or 0,
+            "last_input_id": entries[-1][0], "inputs": self._inputs + len(entries),
+            "last_price": book.last_price or 0,
             "best_bid": best_bid or 0, "best_bid_qty": book.bids[best_bid].total if best_bid else 0,
             "best_ask": best_ask or 0, "best_ask_qty": book.asks[best_ask].total if best_ask else 0,
         }
         args: list[bytes | str | int] = [
-            previous_seq, keys.ENGINE_GROUP, encode(events) if events else b"", md_blob,
+            previous_seq, entries[0][0], encode(events) if events else b"", md_blob,
             TRADE_HISTORY, CANDLE_HISTORY, self.lease.token if self.lease else 0, len(state),
             *(x for item in state.items() for x in item),
-            b" ".join([entry_id for entry_id, _ in entries]),  # one argument, not thousands
         ]
         for levels in (bids, asks):
             args.append(len(levels))
@@ -324,6 +304,7 @@ class Engine:
             args, entries[-1][0])
         self.md_seq = md_seq
         self._last_input_id = entries[-1][0].decode()
+        self._inputs += len(entries)
         self._since_snapshot += len(entries)
         if self.snapshot_every and self._since_snapshot >= self.snapshot_every and (
                 self._snapshotting is None or self._snapshotting.done()):

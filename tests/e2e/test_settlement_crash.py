@@ -23,7 +23,7 @@ from services.common import keys
 from services.common.client import ExchangeClient
 from services.common.pairs import Markets
 from services.local.up import Child, LocalExchange
-from tests.support.ledger import ledger_totals, wait_until_settled
+from tests.support.ledger import engine_caught_up, ledger_totals, wait_until_settled
 from tests.support.waiting import eventually
 
 SEED = 424242
@@ -224,7 +224,7 @@ async def test_settlement_killed_mid_stream_settles_every_fill_exactly_once(
             if len(taker_orders) == KILL_AFTER:
                 # Mid-stream: the worker resumes with a backlog of committed fills and is
                 # killed as soon as it has settled part of it.
-                await eventually(lambda: _engine_caught_up(redis, pair_keys),
+                await eventually(lambda: engine_caught_up(redis, pair_keys),
                                  "the engine to commit every order")
                 backlog_at_kill = await _settlement_backlog(redis, pair_keys)
                 assert backlog_at_kill > 1
@@ -246,7 +246,7 @@ async def test_settlement_killed_mid_stream_settles_every_fill_exactly_once(
             if len(taker_orders) == RESTART_AFTER:
                 # Trading went on without settlement: the engine committed fills that
                 # nobody applied yet. Now the worker comes back and replays.
-                await eventually(lambda: _engine_caught_up(redis, pair_keys),
+                await eventually(lambda: engine_caught_up(redis, pair_keys),
                                  "the engine to commit every order")
                 backlog_at_restart = await _settlement_backlog(redis, pair_keys)
                 assert backlog_at_restart > 0, "the crash left nothing to settle"
@@ -334,12 +334,6 @@ def _fee(notional: int, bps: int) -> int:
 
 async def _last_price_is(admin: ExchangeClient, symbol: str, price: str) -> bool:
     return (await admin.call("GET", f"/api/v1/markets/{symbol}/ticker"))["last"] == price
-
-
-async def _engine_caught_up(redis, pair_keys: keys.PairKeys) -> bool:
-    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(pair_keys.inbox)}
-    info = groups[keys.ENGINE_GROUP]
-    return not info["pending"] and not info["lag"]
 
 
 async def _settlement_backlog(redis, pair_keys: keys.PairKeys) -> int:

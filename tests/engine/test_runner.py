@@ -61,11 +61,11 @@ async def run_engine(redis, engine: Engine, commands: list, batch: int) -> int:
         await redis.xadd(inbox, {"c": encode(command), "tp": b""})
     batches = 0
     while True:
-        got = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {inbox: ">"},
-                                     count=batch)
+        engine.batch_size = batch
+        got = await engine.read_batch()
         if not got:
             return batches
-        await engine.process_batch(got[0][1])
+        await engine.process_batch(got)
         batches += 1
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from services.common.book_cache import book_checksum, read_book, wire_levels
-from services.common.keys import ENGINE_GROUP, PairKeys
+from services.common.keys import PairKeys
 from services.common.messages import CancelOrder, PlaceOrder, encode
 from services.common.pairs import Pair, load_markets
 from services.common.redis_conn import AnyRedis
@@ -63,9 +63,7 @@ class EngineDriver:
                 entry_id = f"{at_ms}-{self._last_id[1]}"
             pipe.xadd(KEYS.inbox, {"c": encode(command)}, id=entry_id)
         await pipe.execute()
-        streams = await self.redis.xreadgroup(ENGINE_GROUP, self.engine.consumer,
-                                              {KEYS.inbox: ">"})
-        await self.engine.process_batch(streams[0][1])
+        await self.engine.process_batch(await self.engine.read_batch())
         return placed
 
 

@@ -20,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.client import ClientConnection, connect
 
 from services.common.book_cache import read_book, wire_levels
-from services.common.keys import ENGINE_GROUP, PairKeys
+from services.common.keys import PairKeys
 from services.common.messages import PlaceOrder, encode
 from services.common.pairs import load_markets
 from services.common.redis_conn import connect as redis_connect
@@ -66,8 +66,7 @@ async def place(cluster: RedisCluster, engine: Engine, side: str, price: str) ->
     command = PlaceOrder(order_id=f"c{next(_ids)}", account_id="a1", side=side,
                          price=PAIR.price_to_ticks(price), qty=PAIR.qty_to_lots("0.0100"))
     await cluster.xadd(KEYS.inbox, {"c": encode(command)})
-    streams = await cluster.xreadgroup(ENGINE_GROUP, engine.consumer, {KEYS.inbox: ">"})
-    await engine.process_batch(streams[0][1])
+    await engine.process_batch(await engine.read_batch())
 
 
 @fixture(scope="module", loop_scope="session")

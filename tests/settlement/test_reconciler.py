@@ -34,9 +34,9 @@ class ApiThatDiesBeforeEnqueue(OrderService):
 
 async def run_engine_and_settle(redis, engine: Engine) -> None:
     pair_keys = keys.PairKeys(PAIR.symbol)
-    batch = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {pair_keys.inbox: ">"})
+    batch = await engine.read_batch()
     if batch:
-        await engine.process_batch(batch[0][1])
+        await engine.process_batch(batch)
     settler = PairSettler(redis, PAIR)
     await settler.ensure_group()
     got = await redis.xreadgroup(keys.SETTLEMENT_GROUP, "test", {pair_keys.events: ">"})

@@ -94,11 +94,11 @@ async def test_sigterm_settles_the_batch_in_hand_then_exits_and_a_restart_settle
         for account, side in ((maker, "sell"), (taker, "buy")):
             await orders.place(account.account_id, OrderRequest(
                 symbol=SYMBOL, side=side, price=PRICE, qty=QTY))
-    engine = Engine(redis, pair)
+    engine = Engine(redis, pair, batch_size=2 * TRADES)
     await engine.recover()
     pair_keys = keys.PairKeys(SYMBOL)
-    [(_, inputs)] = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer,
-                                           {pair_keys.inbox: ">"}, count=2 * TRADES)
+    inputs = await engine.read_batch()
+    assert len(inputs) == 2 * TRADES
     for entry in inputs:  # one batch, so one output entry, per order
         await engine.process_batch([entry])
     assert await redis.xlen(pair_keys.events) == 2 * TRADES

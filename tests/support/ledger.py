@@ -17,17 +17,23 @@ async def wait_until_settled(redis: AnyRedis, symbols: list[str], timeout: float
         busy = []
         for symbol in symbols:
             pair = keys.PairKeys(symbol)
-            for stream, group in ((pair.inbox, keys.ENGINE_GROUP),
-                                  (pair.events, keys.SETTLEMENT_GROUP)):
-                groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)}
-                info = groups.get(group)
-                if info is None or info["pending"] or info["lag"]:
-                    busy.append(f"{stream}/{group}")
+            if not await engine_caught_up(redis, pair):
+                busy.append(pair.inbox)
+            groups = {g["name"].decode(): g for g in await redis.xinfo_groups(pair.events)}
+            info = groups.get(keys.SETTLEMENT_GROUP)
+            if info is None or info["pending"] or info["lag"]:
+                busy.append(f"{pair.events}/{keys.SETTLEMENT_GROUP}")
         if not busy:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"not settled within {timeout} s: {busy}")
         await asyncio.sleep(0.02)
+
+
+async def engine_caught_up(redis: AnyRedis, pair: keys.PairKeys) -> bool:
+    """Has the pair's engine committed every input of its stream?"""
+    last = await redis.xrevrange(pair.inbox, count=1)
+    return not last or await redis.hget(pair.state, "last_input_id") == last[0][0]
 
 
 async def ledger_totals(redis: AnyRedis) -> tuple[Counter, Counter, list[str]]:

@@ -13,10 +13,9 @@ async def match_queued(redis: AnyRedis, pair: Pair) -> Engine:
     """Start an engine for `pair` and commit everything queued for it as one batch."""
     engine = Engine(redis, pair)
     await engine.recover()
-    inbox = keys.PairKeys(pair.symbol).inbox
-    batch = await redis.xreadgroup(keys.ENGINE_GROUP, engine.consumer, {inbox: ">"})
+    batch = await engine.read_batch()
     if batch:
-        await engine.process_batch(batch[0][1])
+        await engine.process_batch(batch)
     return engine
 
 

@@ -9,7 +9,9 @@ import time
 from collections import defaultdict
 
 import msgspec
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.common import keys
 from services.common.intervals import INTERVALS_MS
@@ -182,3 +184,28 @@ async def test_restart_from_a_snapshot_rebuilds_the_live_state_and_old_inputs_ar
             for i, b in restarted.candles.current.items()} == {
         i: (b.t, b.o, b.h, b.l, b.c, b.v, b.n) for i, b in engine.candles.current.items()}
     assert (restarted.md_seq, restarted.epoch) == (engine.md_seq, engine.epoch)
+
+
+async def test_a_batch_that_skips_an_input_is_refused_and_changes_nothing(redis) -> None:
+    """Inputs commit in stream order: a batch starting past an uncommitted input (as a
+    stale read could hand over) is refused whole by the commit script."""
+    pair = private_pair("GAPS-USD")
+    pair_keys = keys.PairKeys(pair.symbol)
+    engine = Engine(redis, pair)
+    await engine.recover()
+    for order_id in ("g1", "g2"):
+        await redis.xadd(pair_keys.inbox, {"c": encode(PlaceOrder(order_id, "a", "buy", 100, 1)),
+                                           "tp": b""})
+    _, second = await engine.read_batch()
+    state_before = await redis.hgetall(pair_keys.state)
+    with pytest.raises(ResponseError, match="GAP"):
+        await engine.process_batch([second])
+    assert await redis.hgetall(pair_keys.state) == state_before
+    assert await redis.xlen(pair_keys.events) == 0
+    # Recovered, the engine reads on from its last commit and takes both, in order.
+    await engine.recover()
+    await engine.process_batch(await engine.read_batch())
+    assert await redis.hget(pair_keys.state, "last_input_id") == second[0]
+    events = [e for _, fields in await redis.xrange(pair_keys.events)
+              for e in events_decoder.decode(fields[b"e"])]
+    assert [e.order_id for e in events] == ["g1", "g2"]

@@ -28,7 +28,10 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[Leg]]:
     Amounts are decimal integer strings so the settle script never does float math.
     Fees are in the quote asset: the buyer pays notional + fee, the seller receives
     notional - fee (a negative fee is a rebate), and the fee account receives the sum,
-    so every asset is conserved exactly. An accepted order only stops being
+    so every asset is conserved exactly. Each leg carries its event's seq: an account
+    applies only legs past the last seq it settled on the pair, so an engine commit lost
+    in a failover and made again in other batches is never applied twice in part. An
+    accepted order only stops being
     "unconfirmed"; an amend changes only the order record; triggers and refused cancels
     or amends produce no leg.
     """
@@ -48,7 +51,7 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[Leg]]:
                 leg: Leg = {"id": order_id, "kind": "fill", "side": side,
                             "base": str(pair.base_units(event.qty)), "quote": str(notional),
                             "lots": str(event.qty), "fee": str(fee), "done": done,
-                            "ts": event.ts}
+                            "ts": event.ts, "seq": event.seq}
                 if side == "buy":
                     leg["pay"] = str(notional + max(fee, 0))
                     leg["rebate"] = str(max(-fee, 0))
@@ -64,26 +67,27 @@ def legs_by_account(pair: Pair, events: list[Event]) -> dict[str, list[Leg]]:
                 legs[account_id].append(leg)
             if maker_fee + taker_fee:
                 legs[keys.FEE_ACCOUNT].append({"kind": "fee", "asset": pair.quote.symbol,
-                                               "amount": str(maker_fee + taker_fee)})
+                                               "amount": str(maker_fee + taker_fee),
+                                               "seq": event.seq})
         elif isinstance(event, OrderCancelled | OrderExpired):
             # An expired order (IOC/FOK/market remainder) shows as cancelled with the
             # reason, keeping API.md's order statuses.
             legs[event.account_id].append({
                 "id": event.order_id, "kind": "cancel", "reason": event.reason, "done": True,
-                "ts": event.ts,
+                "ts": event.ts, "seq": event.seq,
             })
         elif isinstance(event, OrderAccepted):
             # The engine has the order: the stranded-hold reconciler can stop watching it.
             legs[event.account_id].append({"id": event.order_id, "kind": "seen",
-                                           "done": False, "ts": event.ts})
+                                           "done": False, "ts": event.ts, "seq": event.seq})
         elif isinstance(event, OrderRejected):
             legs[event.account_id].append({
                 "id": event.order_id, "kind": "reject", "reason": event.reason, "done": True,
-                "ts": event.ts,
+                "ts": event.ts, "seq": event.seq,
             })
         elif isinstance(event, OrderAmended):
             legs[event.account_id].append({
                 "id": event.order_id, "kind": "amend", "price": str(event.price),
-                "qty": str(event.qty), "done": False, "ts": event.ts,
+                "qty": str(event.qty), "done": False, "ts": event.ts, "seq": event.seq,
             })
     return legs

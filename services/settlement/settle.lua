@@ -3,21 +3,25 @@
 --       4 fills (newest first), 5 closed order ids (newest first), 6 unconfirmed orders,
 --       7 update seq, 8 update channel, 9.. the order records the legs name (leg.o is an
 --       index into KEYS)
--- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON), 4 history kept
+-- ARGV: 1 pair, 2 event seq of the entry's last event, 3 legs (JSON, each with its
+--       event's seq), 4 history kept
 -- Amounts stay strings end to end: HINCRBY is exact on 64-bit integers, Lua numbers
 -- are not. Leg kinds: fill (side, base, quote, lots, fee, pay + rebate for a buy or
 -- gain for a sell, fill = the wire fill), cancel (also expiries), reject, amend
 -- (price, qty), seen (the engine accepted it), fee (asset, amount: the fee account's
 -- share). done = the order ended. Any leg proves the engine has the order.
-local last = redis.call('HGET', KEYS[2], ARGV[1])
-if last and tonumber(last) >= tonumber(ARGV[2]) then
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if last >= tonumber(ARGV[2]) then
   return 0  -- a replay after a crash: already applied
 end
 local balances, keep = KEYS[1], tonumber(ARGV[4])
 -- What changed, for the account's update stream.
 local changed_orders, seen_order, fills, assets = {}, {}, {}, {}
 for _, leg in ipairs(cjson.decode(ARGV[3])) do
-  if leg.kind == 'fee' then
+  if leg.seq <= last then
+    -- Applied already, in an entry of an engine commit that a failover lost and the
+    -- engine made again with other batch boundaries: each leg counts once.
+  elseif leg.kind == 'fee' then
     redis.call('HINCRBY', balances, 'avail:' .. leg.asset, leg.amount)
     assets[leg.asset] = true
   else

@@ -3,7 +3,11 @@
 Exactly once: an account's legs from one event entry are applied by one script that
 also advances the account's per-pair high-water mark of settled event seq, so an entry
 re-read after a crash (it is acknowledged only after every account is settled) is
-skipped by the accounts that already have it.
+skipped by the accounts that already have it. The entry is acknowledged only once
+every account's settlement reached a replica (WAIT on the account's master): a master
+lost in a failover cannot take an account's update with it while the entry counts as
+settled. Legs carry their event's seq, so an engine commit lost in a failover and made
+again in other batches is applied once too.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import asyncio
 import logging
 
 import msgspec
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from services.common import keys
+from services.common.durable import DurableWriter
+from services.common.errors import ExchangeError
 from services.common.messages import events_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
@@ -32,8 +39,11 @@ class PairSettler:
     """Settles one pair's event stream, entry by entry, in order."""
 
     def __init__(self, redis: AnyRedis, pair: Pair, *, consumer: str = "settlement",
-                 batch_size: int = 200, block_ms: int = 1000) -> None:
+                 batch_size: int = 200, block_ms: int = 1000,
+                 durable: DurableWriter | None = None) -> None:
         self.redis = redis
+        # Each account's settlement waits for a replica (0 replicas: as is).
+        self.durable = durable or DurableWriter(redis, replicas=0)
         self.pair = pair
         self.keys = keys.PairKeys(pair.symbol)
         self.consumer = consumer
@@ -71,7 +81,9 @@ class PairSettler:
                     await self.settle_entry(fields)
                     await self.redis.xack(self.keys.events, keys.SETTLEMENT_GROUP, entry_id)
                 delay = 0.1
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, ExchangeError) as exc:
+                # ExchangeError: a settlement no replica confirmed (NOT_DURABLE); the
+                # entry stays unacknowledged and is settled again (idempotent).
                 log.warning("%s settlement: %s; retrying", self.pair.symbol, exc)
                 pending_first = True
                 await asyncio.sleep(delay)
@@ -99,15 +111,22 @@ class PairSettler:
                 index[order_id] = 9 + len(order_keys)  # Lua KEYS are 1-based after 8 fixed
                 order_keys.append(account.order(order_id))
             leg["o"] = index[order_id]
-        await self._settle(
-            keys=[account.balances, account.applied, account.open_orders, account.fills,
-                  account.closed_orders, account.unconfirmed, account.updates_seq,
-                  account.updates, *order_keys],
-            args=[self.pair.symbol, seq, self._json.encode(legs), HISTORY],
-        )
+        script_keys = [account.balances, account.applied, account.open_orders, account.fills,
+                       account.closed_orders, account.unconfirmed, account.updates_seq,
+                       account.updates, *order_keys]
+        args = [self.pair.symbol, seq, self._json.encode(legs), HISTORY]
+
+        async def settle(pipe: Pipeline) -> None:
+            await self._settle(keys=script_keys, args=args, client=pipe)
+
+        await self.durable.run(account.balances, settle)
 
 
 async def run_settlement(redis: AnyRedis, pairs: list[Pair], stop: asyncio.Event) -> None:
     """Settle every pair concurrently, and watch for stranded holds, until `stop`."""
-    await asyncio.gather(*(PairSettler(redis, pair).run(stop) for pair in pairs),
-                         run_reconciler(redis, stop))
+    durable = await DurableWriter.for_deployment(redis)
+    try:
+        await asyncio.gather(*(PairSettler(redis, pair, durable=durable).run(stop)
+                               for pair in pairs), run_reconciler(redis, stop))
+    finally:
+        await durable.aclose()

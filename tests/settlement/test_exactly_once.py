@@ -6,6 +6,7 @@ from services.api.accounts import AccountStore
 from services.api.orders import OrderService
 from services.api.schemas import OrderRequest
 from services.common import keys
+from services.common.messages import Trade, encode, events_decoder
 from services.common.pairs import parse_markets
 from services.common.secrets_box import SecretBox, new_key
 from services.settlement.worker import PairSettler
@@ -49,3 +50,40 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
         {"asset": "USD", "available": "180.000000", "held": "0.000000"},
     ]
     assert await redis.scard(keys.AccountKeys(buyer.account_id).open_orders) == 0
+
+
+async def test_a_lost_commit_made_again_in_other_batches_settles_each_fill_once(redis) -> None:
+    """A failover can lose an engine commit that settlement had already applied; the
+    engine then makes the same events again, cut into other batches. Each fill still
+    counts once: an account applies only the legs past the last seq it settled."""
+    accounts = AccountStore(redis, MARKETS, SecretBox(new_key()))
+    orders = OrderService(redis, MARKETS)
+    seller, buyer = await accounts.create(), await accounts.create()
+    await accounts.deposit(seller.account_id, "SETL", "10")
+    await accounts.deposit(buyer.account_id, "USD", "1000")
+    await orders.place(seller.account_id, OrderRequest(
+        symbol="SETL-USD", side="sell", price="90.00", qty="2.000"))
+    for _ in range(2):  # two fills of the one sell
+        await orders.place(buyer.account_id, OrderRequest(
+            symbol="SETL-USD", side="buy", price="90.00", qty="1.000"))
+    await match_queued(redis, PAIR)
+    (_, fields), = await redis.xrevrange(keys.PairKeys(PAIR.symbol).events, count=1)
+    events = events_decoder.decode(fields[b"e"])
+    first_fill = next(i for i, e in enumerate(events) if isinstance(e, Trade))
+
+    def entry(part: list) -> dict[bytes, bytes]:
+        return {b"e": encode(part), b"seq": str(part[-1].seq).encode()}
+
+    settler = PairSettler(redis, PAIR)
+    await settler.settle_entry(entry(events[:first_fill + 1]))  # the commit later lost
+    for part in (events[:first_fill], events[first_fill:]):  # the same events, re-cut
+        await settler.settle_entry(entry(part))
+
+    assert await accounts.balances(buyer.account_id) == [
+        {"asset": "SETL", "available": "2.00000000", "held": "0.00000000"},
+        {"asset": "USD", "available": "820.000000", "held": "0.000000"},
+    ]
+    assert await accounts.balances(seller.account_id) == [
+        {"asset": "SETL", "available": "8.00000000", "held": "0.00000000"},
+        {"asset": "USD", "available": "180.000000", "held": "0.000000"},
+    ]

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from opentelemetry import propagate
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.accounts import AccountStore
@@ -103,6 +104,16 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
     async def exchange_error(_: Request, exc: ExchangeError) -> JSONResponse:
         response = _error(exc.code, exc.message, exc.http_status)
         response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RedisError)
+    async def storage_unavailable(_: Request, exc: RedisError) -> JSONResponse:
+        # Redis unreachable past the client's retries (a failover that outlasts them):
+        # say so in the API's own terms, not as a bare 500.
+        response = _error("UNAVAILABLE", "the exchange's storage is not answering; retry "
+                          "shortly (an order with the same client_order_id, to learn "
+                          "whether it was taken)", 503)
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(RequestValidationError)

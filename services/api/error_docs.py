@@ -48,15 +48,21 @@ _UNAVAILABLE = _response(
     "Try again shortly. Codes: NOT_DURABLE (the write did not reach a replica in time; "
     "its outcome is unknown: retry with the same client_order_id to learn it), BACKLOG "
     "(a new order on a pair whose engine or settlement has fallen behind past its limit; "
-    "nothing was done; see Retry-After)", "BACKLOG",
+    "nothing was done; see Retry-After), UNAVAILABLE (the exchange's storage is not "
+    "answering, e.g. during a failover; see Retry-After)", "BACKLOG",
     "BTC-USD is behind: 10000 orders wait for its engine (limit 10000); nothing was done, "
     "retry shortly")
 
+_STORAGE = _response("UNAVAILABLE: the exchange's storage is not answering (e.g. during a "
+                     "failover); see Retry-After", "UNAVAILABLE",
+                     "the exchange's storage is not answering; retry shortly")
+
 RESPONSES_BY_TAG: dict[str, dict[int | str, dict[str, Any]]] = {
-    "public": {400: _BAD_REQUEST, 404: _NOT_FOUND},
+    "public": {400: _BAD_REQUEST, 404: _NOT_FOUND, 503: _STORAGE},
     "trading": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 409: _HALTED,
                 413: _TOO_LARGE, 429: _RATE_LIMITED, 503: _UNAVAILABLE},
-    "operator": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 413: _TOO_LARGE},
+    "operator": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 413: _TOO_LARGE,
+                 503: _STORAGE},
 }
 
 

@@ -12,9 +12,9 @@ async def test_every_route_documents_its_error_responses(admin: ExchangeClient) 
     assert len(operations) >= 19
     for path, method, op in operations:
         tag = op["tags"][0]
-        expected = {"public": {"400", "404"},
+        expected = {"public": {"400", "404", "503"},
                     "trading": {"400", "401", "404", "409", "413", "429", "503"},
-                    "operator": {"400", "401", "404", "413"}}[tag]
+                    "operator": {"400", "401", "404", "413", "503"}}[tag]
         assert expected <= set(op["responses"]), (method, path)
         assert "422" not in op["responses"], (method, path)  # answered as 400 here
         example = op["responses"]["400"]["content"]["application/json"]["example"]

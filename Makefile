@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test bench lock clean
+.PHONY: up test bench lock clean chromium
 
 $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,21 @@ $(INSTALLED): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-up: $(INSTALLED)
+# The trading page's browser modules, exactly as package-lock.json pins them.
+NPM_STAMP := node_modules/.package-lock.json
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# Debian's Chromium for the browser tests (never a downloaded build).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+up: $(INSTALLED) $(NPM_STAMP)
 	$(VENV)/bin/exchange up $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(NPM_STAMP) chromium
 	$(VENV)/bin/ruff check services tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -36,4 +47,4 @@ lock:
 	rm -rf $(VENV)-lock
 
 clean:
-	rm -rf $(VENV) .exchange .pytest_cache
+	rm -rf $(VENV) .exchange .pytest_cache node_modules test-artifacts

@@ -21,7 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.api.accounts import AccountStore
 from services.api.auth import operator, signed_account
 from services.api.error_docs import document_errors
+from services.api.ops import ops_router
 from services.api.orders import OrderService
+from services.api.page import page_router
 from services.api.schemas import (
     AmendRequest,
     DepositRequest,
@@ -169,9 +171,11 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     @app.get("/config.json", include_in_schema=False)
     async def page_config() -> dict[str, object]:
-        return {"ws_url": settings.public_ws_url}
+        return {"ws_url": settings.public_ws_url, "demo_faucet": settings.demo_faucet}
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(page_router(settings))
+    app.include_router(ops_router())
 
     # ---- public market data -----------------------------------------------------------
 

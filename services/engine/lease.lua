@@ -25,8 +25,18 @@ if ARGV[3] == 'renew' then
   return 0
 end
 if holder and holder ~= ARGV[1] and expires > now then
-  return 0  -- held by a live writer
+  -- Held by a live writer: this one waits, and says so (the ops page lists standbys).
+  redis.call('HSET', KEYS[1], 'standby:' .. ARGV[1], until_ms)
+  return 0
 end
 token = token + 1
 redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token, 'expires', until_ms)
+-- The new holder is no standby; nor is any whose report has run out.
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 8) == 'standby:' and
+      (fields[i] == 'standby:' .. ARGV[1] or tonumber(fields[i + 1]) <= now) then
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
 return token

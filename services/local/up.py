@@ -163,7 +163,7 @@ class LocalExchange:
             "REDIS_URL": self.redis_url,
             "EXCHANGE_ADMIN_TOKEN": opts.admin_token,
             "EXCHANGE_PUBLIC_WS_URL": self.ws_urls[0],
-            "EXCHANGE_DEMO_FAUCET": "1",
+            "EXCHANGE_DEMO_FAUCET": os.environ.get("EXCHANGE_DEMO_FAUCET", "1"),
         })
         if opts.pairs_file:
             env["EXCHANGE_PAIRS_FILE"] = str(Path(opts.pairs_file).resolve())

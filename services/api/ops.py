@@ -44,7 +44,7 @@ RATE_WINDOW_MS = 10_000  # commands/s is averaged over about this long
 STANDBY_FIELD = "standby:"  # lease hash fields of waiting engines: standby:<id> -> expiry ms
 
 # One step on the pair's slot, no writes. KEYS: state, lease, inbox, events;
-# ARGV: engine group, settlement group. Entry ids are returned as they are: their
+# ARGV: settlement group. Entry ids are returned as they are: their
 # millisecond part is the Redis server's clock when the entry was added.
 _PAIR_OPS_LUA = """#!lua flags=no-writes
 local function group(stream, name)
@@ -59,22 +59,17 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local s = redis.call('HMGET', KEYS[1], 'md_seq', 'event_seq', 'last_input_id', 'epoch', 'inputs')
--- Inputs the engine has committed since the pair began (its state counts them; an engine
--- reading through a consumer group is counted by the group instead).
+-- Inputs the engine has committed since the pair began (its state counts them).
 local inputs = s[5] or false
-if not inputs then
-  local engine = group(KEYS[3], ARGV[1])
-  if engine and engine['entries-read'] then inputs = engine['entries-read'] end
-end
 local last_commit = false
 local newest = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
 if #newest > 0 then last_commit = newest[1][1] end
 -- The oldest event entry settlement has not acknowledged: delivered and pending, else
 -- the first one it has not even read.
 local oldest = false
-local settle = group(KEYS[4], ARGV[2])
+local settle = group(KEYS[4], ARGV[1])
 if settle then
-  local pending = redis.call('XPENDING', KEYS[4], ARGV[2])
+  local pending = redis.call('XPENDING', KEYS[4], ARGV[1])
   if pending[1] > 0 then
     oldest = pending[2]
   else
@@ -267,7 +262,7 @@ async def _pair_ops(redis: AnyRedis, script: AsyncScript, orders: OrderService,
     view, reply, subscribers = await asyncio.gather(
         orders.pair_view(markets.pair(symbol)),
         script(keys=[k.state, k.lease, k.inbox, k.events],
-               args=[keys.ENGINE_GROUP, keys.SETTLEMENT_GROUP]),
+               args=[keys.SETTLEMENT_GROUP]),
         _md_subscribers(redis, k.md))
     now, md_seq, event_seq, last_input, epoch, lease, inputs, last_commit, oldest = reply
     leader, standbys = lease_view(lease, int(now))

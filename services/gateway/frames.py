@@ -1,10 +1,15 @@
 """Server -> client frames of the WebSocket API (API.md), encoded once as UTF-8 JSON.
 
-Every function returns the bytes written as a text frame to every watcher: a frame is
-built once per (pair, channel, depth) and shared, never re-encoded per connection.
+Every function returns a complete WebSocket text frame (header and JSON payload), the
+bytes written as they are to every watcher: a frame is built once per (pair, channel,
+depth) and shared, never re-encoded nor re-framed per connection. Server frames are not
+masked (RFC 6455 §5.1), so the same bytes are valid on every connection; the gateway
+never negotiates an extension (permessage-deflate would compress per connection).
 """
 
 from __future__ import annotations
+
+import struct
 
 import msgspec
 
@@ -14,8 +19,26 @@ from services.common.messages import CandleTick, TradeTick
 from services.common.pairs import Pair
 from services.gateway.book_view import DepthDelta, Level
 
-_encode = msgspec.json.Encoder().encode
+_json = msgspec.json.Encoder().encode
 _CACHE_LIMIT = 1 << 16
+_FIN_TEXT = 0x81  # FIN bit + opcode 1 (text): every message is one unfragmented frame
+_header16 = struct.Struct("!BBH").pack
+_header64 = struct.Struct("!BBQ").pack
+
+
+def text_frame(payload: bytes) -> bytes:
+    """`payload` (UTF-8 text) as one unmasked WebSocket text frame."""
+    size = len(payload)
+    if size < 126:
+        return bytes((_FIN_TEXT, size)) + payload
+    if size < 1 << 16:
+        return _header16(_FIN_TEXT, 126, size) + payload
+    return _header64(_FIN_TEXT, 127, size) + payload
+
+
+def _encode(doc: object) -> bytes:
+    return text_frame(_json(doc))
+
 
 SHUTDOWN = _encode({"ch": "system", "type": "reconnect", "reason": "server_shutdown"})
 UPSTREAM_LOST = _encode({"ch": "system", "type": "reconnect", "reason": "upstream_unavailable"})

@@ -11,8 +11,11 @@ account_feed.py; before login: LOGIN_REQUIRED). Each op gets `{"op","id","ok":tr
 64 KiB -> close 1009; more than 200 subscriptions -> error TOO_MANY_SUBSCRIPTIONS; over 10
 frames/s (burst 20) -> error RATE_LIMITED per refused frame, and close 4029 "too many
 requests" past 50 of them; over 256 KiB of unsent frames -> book deltas conflated; over
-1 MiB -> close 4008 "slow consumer". On shutdown every client gets
+1 MiB -> close 4008 "slow consumer"; no subscription 5 s after connecting -> close 4001
+"no subscription". On shutdown every client gets
 `{"ch":"system","type":"reconnect","reason":"server_shutdown"}`, then close 1001.
+
+Writes: see client.py (frames framed once, one write per connection per loop pass).
 
 Run: `python -m services.gateway --port P [--host H] [--reuse-port] [--redis-url URL]`.
 """
@@ -40,7 +43,7 @@ from services.common.process import run_service
 from services.common.redis_conn import AnyRedis, connect
 from services.common.secrets_box import SECRETS_KEY_ENV, SecretBox
 from services.gateway import frames
-from services.gateway.client import SHUTDOWN_CLOSE, Client
+from services.gateway.client import SHUTDOWN_CLOSE, Client, Outbox
 from services.gateway.hub import MarketHub
 from services.gateway.login import LoginVerifier
 from services.gateway.protocol import FrameRateLimit, RequestError, parse_request
@@ -55,6 +58,7 @@ log = logging.getLogger("exchange.gateway")
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 TOO_MANY_REQUESTS = (4029, "too many requests")
+NO_SUBSCRIPTION = (4001, "no subscription")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Gateway:
         self.login: LoginVerifier | None = None
         self._server: Server | None = None
         self._clients: set[Client] = set()
+        self._outbox: Outbox | None = None
         self._shutting_down = False
         self._drained = asyncio.Event()
         self._rate_limited = frames.reply(None, None, ExchangeError(
@@ -106,6 +111,8 @@ class Gateway:
         self.hub = MarketHub(self.redis, self.subscriber, self.markets)
         self.login = LoginVerifier(
             ApiKeyStore(self.redis, box) if box is not None else None)
+        self._outbox = Outbox(self._clients, self.settings.heartbeat_s)
+        self._outbox.start()
         self._server = await serve(
             self._handle, self.settings.host, self.settings.port,
             process_request=self._route,
@@ -132,6 +139,8 @@ class Gateway:
         if self._server is not None:
             self._server.close(code=SHUTDOWN_CLOSE[0], reason=SHUTDOWN_CLOSE[1])
             await self._server.wait_closed()
+        if self._outbox is not None:
+            self._outbox.stop()
         if self.hub is not None:
             await self.hub.aclose()
         if self.subscriber is not None:
@@ -170,12 +179,15 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         settings = self.settings
-        client = Client(ws, max_pending=settings.max_pending_bytes,
-                        conflate_at=settings.conflate_bytes, heartbeat_s=settings.heartbeat_s)
+        assert self._outbox is not None
+        client = Client(ws, self._outbox, max_pending=settings.max_pending_bytes,
+                        conflate_at=settings.conflate_bytes)
         limit = FrameRateLimit(settings.frames_per_s, settings.frames_burst,
                                settings.max_excess_frames, time.monotonic())
         self._clients.add(client)
-        client.start()
+        # An idle connection holds a slot (and a file descriptor) that a watcher could use.
+        deadline = asyncio.get_running_loop().call_later(
+            settings.subscribe_timeout_s, self._require_subscription, client)
         if self._shutting_down:
             client.close_after(frames.SHUTDOWN, *SHUTDOWN_CLOSE)
         try:
@@ -193,12 +205,19 @@ class Gateway:
         except ConnectionClosed:
             pass  # 1009 (frame too big), network errors: the client is gone either way
         finally:
+            deadline.cancel()
             self._clients.discard(client)
+            client.detach()
             assert self.hub is not None
             await self.hub.drop(client)
-            await client.aclose()
             if self._shutting_down and not self._clients:
                 self._drained.set()
+
+    def _require_subscription(self, client: Client) -> None:
+        if not client.subs and not client.closing:
+            log.info("closing %s: no subscription %gs after connecting",
+                     client.ws.remote_address, self.settings.subscribe_timeout_s)
+            client.close(*NO_SUBSCRIPTION)
 
     async def _on_frame(self, client: Client, frame: str | bytes) -> None:
         try:

@@ -47,6 +47,8 @@ class GatewaySettings:
     frames_per_s: float = 10.0  # client frames: a token bucket; over it, RATE_LIMITED
     frames_burst: int = 20
     max_excess_frames: int = 50  # refused frames (one forgiven per second), then 4029
+    # A connection holding no subscription this long after it opened is closed (4001).
+    subscribe_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
     shutdown_grace_s: float = 2.0  # time given to clients to read the reconnect notice
 

@@ -16,7 +16,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.common.messages import MarketDataUpdate, encode
 from services.common.redis_conn import AnyRedis
-from services.gateway.client import Client
 from services.gateway.server import Gateway, GatewaySettings
 from tests.gateway.harness import KEYS, TIMEOUT, EngineDriver, WsClient, redis_top, ws_client
 from tests.support.waiting import eventually
@@ -196,35 +195,3 @@ async def test_shutdown_tells_clients_to_reconnect(redis_url: str) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
         await asyncio.wait_for(closing, TIMEOUT)
     assert gw.status().connections == 0
-
-
-class StalledSocket:
-    """A peer that never reads: every send blocks forever."""
-
-    remote_address = ("127.0.0.1", 1)
-
-    def __init__(self) -> None:
-        self.closed: tuple[int, str] | None = None
-        self.sends = 0
-
-    async def send(self, frame: bytes, text: bool | None = None) -> None:
-        self.sends += 1
-        await asyncio.Event().wait()
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-
-async def test_a_slow_consumer_is_closed_with_4008() -> None:
-    socket_ = StalledSocket()
-    client = Client(socket_, max_pending=1000)  # type: ignore[arg-type]
-    client.start()
-    for _ in range(3):
-        client.send(b"x" * 300)
-    await asyncio.sleep(0)
-    assert socket_.closed is None and client.pending_bytes == 900
-    client.send(b"y" * 300)  # 1200 > 1000 bytes pending
-    await eventually(lambda: socket_.closed == (4008, "slow consumer"), "the 4008 close", TIMEOUT)
-    client.send(b"z")  # ignored once closing
-    assert client.pending_bytes == 0 and socket_.sends == 1
-    await client.aclose()

@@ -35,7 +35,6 @@ from services.common.redis_conn import AnyRedis
 
 # Where gateways report their figures (a hash: gateway id -> JSON); see `gateway_rows`.
 # It belongs in services.common.keys once the gateway writes it.
-GATEWAY_REGISTRY = "{ops}:gateways"
 # A gateway reports every second; one silent for longer than this is shown as silent,
 # and one silent for an hour is no longer listed (it was stopped or replaced).
 GATEWAY_SILENT_MS = 5_000
@@ -319,7 +318,7 @@ async def read_status(redis: AnyRedis, markets: Markets, orders: OrderService,
         _pair_ops(redis, script, orders, markets, symbol, rates, node_of_slot)
         for symbol in markets.pairs))
     now_ms = await _server_ms(redis)
-    registry = await redis.hgetall(GATEWAY_REGISTRY)
+    registry = await redis.hgetall(keys.GATEWAY_REGISTRY)
     mode = "cluster" if isinstance(redis, RedisCluster) else "single"
     return OpsStatus(ts=now_ms, mode=mode,
                      pairs=list(pairs), gateways=gateway_rows(registry, now_ms),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 ENGINE_GROUP = "engine"
 SETTLEMENT_GROUP = "settlement"
+# Gateways report here once a second (id -> JSON): what the ops page shows of them.
+GATEWAY_REGISTRY = "{ops}:gateways"
 
 # Keys with no hash tag of a pair or account: rare, operator-side writes only.
 ACCOUNT_ID_SEQ = "{accounts}:seq"

@@ -206,6 +206,7 @@ class Client:
         self._close_task = asyncio.create_task(self.ws.close(*self._close_after))
 
     def _slow(self) -> None:
+        self._outbox.slow_closes += 1
         log.info("closing slow consumer %s (%d bytes pending)",
                  self.ws.remote_address, self._queued + self._buffered)
         self.close(*SLOW_CONSUMER)
@@ -222,6 +223,7 @@ class Outbox:
     queued; every `heartbeat_s / TICKS_PER_HEARTBEAT`, heartbeats and drain checks."""
 
     def __init__(self, clients: set[Client], heartbeat_s: float = 1.0) -> None:
+        self.slow_closes = 0  # connections closed 4008 since the gateway started
         self.clients = clients  # every open connection (the server adds and removes them)
         self.heartbeat_s = heartbeat_s
         self._loop = asyncio.get_running_loop()

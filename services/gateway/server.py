@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 
 from redis.exceptions import RedisError
@@ -36,6 +38,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.common import keys
 from services.common.api_keys import ApiKeyStore
 from services.common.errors import ExchangeError
 from services.common.pairs import load_markets
@@ -59,6 +62,7 @@ WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 TOO_MANY_REQUESTS = (4029, "too many requests")
 NO_SUBSCRIPTION = (4001, "no subscription")
+REPORT_EVERY_S = 1.0  # status reports to the gateway registry
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class GatewayStatus:
     pairs: int  # pairs subscribed in Redis
     subscriptions: int  # client subscriptions across all pairs and accounts
     accounts: int = 0  # accounts whose private updates are subscribed in Redis
+    slow_consumer_closes: int = 0  # connections closed 4008 since it started
 
 
 class Gateway:
@@ -86,6 +91,8 @@ class Gateway:
         self._outbox: Outbox | None = None
         self._shutting_down = False
         self._drained = asyncio.Event()
+        self._reporter: asyncio.Task[None] | None = None
+        self._report_id = ""
         self._rate_limited = frames.reply(None, None, ExchangeError(
             "RATE_LIMITED", f"more than {settings.frames_per_s:g} frames per second (burst "
             f"{settings.frames_burst}): frame ignored"))
@@ -101,7 +108,8 @@ class Gateway:
         return GatewayStatus(connections=len(self._clients),
                              pairs=len(hub.feeds) if hub else 0,
                              subscriptions=hub.subscriptions if hub else 0,
-                             accounts=len(hub.accounts) if hub else 0)
+                             accounts=len(hub.accounts) if hub else 0,
+                             slow_consumer_closes=self._outbox.slow_closes if self._outbox else 0)
 
     async def start(self) -> None:
         """Connect to Redis and start listening."""
@@ -122,12 +130,33 @@ class Gateway:
             compression=None,
             reuse_port=self.settings.reuse_port,
         )
+        self._report_id = f"{socket.gethostname()}:{os.getpid()}@{self.port}"
+        self._reporter = asyncio.create_task(self._report_status())
         log.info("gateway listening on %s:%d%s", self.settings.host, self.port, WS_PATH)
+
+    async def _report_status(self) -> None:
+        """Once a second, what the ops page shows of this gateway, in the registry."""
+        assert self.redis is not None
+        while True:
+            report = {**asdict(self.status()), "ts": int(time.time() * 1000)}
+            try:
+                await self.redis.hset(keys.GATEWAY_REGISTRY, self._report_id,
+                                      json.dumps(report))
+            except (RedisError, OSError) as exc:  # the next report will do
+                log.debug("status not reported: %s", exc)
+            await asyncio.sleep(REPORT_EVERY_S)
 
     async def aclose(self) -> None:
         """Tell every client to reconnect, give them `shutdown_grace_s` to go, then close
         the rest, the subscriptions and the Redis connections."""
         self._shutting_down = True
+        if self._reporter is not None:
+            self._reporter.cancel()
+            try:
+                assert self.redis is not None
+                await self.redis.hdel(keys.GATEWAY_REGISTRY, self._report_id)
+            except (RedisError, OSError) as exc:
+                log.warning("report not withdrawn: %s", exc)
         for client in list(self._clients):
             client.close_after(frames.SHUTDOWN, *SHUTDOWN_CLOSE)
         if self._clients:

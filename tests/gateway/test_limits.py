@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,10 +19,12 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from services.common import keys
 from services.common.messages import MarketDataUpdate, TradeTick, encode
 from services.common.redis_conn import AnyRedis
 from services.gateway.server import Gateway, GatewaySettings
 from tests.gateway.harness import KEYS, PAIR, TIMEOUT, EngineDriver, WsClient, ws_client
+from tests.support.waiting import eventually
 
 TRADES = {"ch": "trades", "symbol": "BTC-USD"}
 SUBSCRIBE_WINDOW_S = 5.0  # docs/api.md
@@ -131,3 +134,31 @@ async def trade_ids(client: WsClient, count: int) -> list[int]:
         frame = await client.next(lambda m: m.get("ch") == "trades")
         ids += [int(t["id"]) for t in frame["data"]]
     return ids
+
+
+async def test_the_gateway_reports_its_figures_to_the_registry_and_withdraws_them(
+        redis_url: str, redis: AnyRedis) -> None:
+    gateway = Gateway(GatewaySettings(port=0, redis_url=redis_url))
+    await gateway.start()
+
+    async def report() -> dict | None:
+        for name, raw in (await redis.hgetall(keys.GATEWAY_REGISTRY)).items():
+            if name.decode().endswith(f":{os.getpid()}@{gateway.port}"):
+                return json.loads(raw)
+        return None
+
+    try:
+        async with await ws_client(gateway) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "id": 1,
+                                      "args": [{"ch": "trades", "symbol": PAIR.symbol}]}))
+
+            async def watched() -> bool:
+                got = await report()
+                return bool(got and got["connections"] == 1 and got["subscriptions"] == 1)
+
+            await eventually(watched, "a report of one connection with one subscription")
+            got = await report()
+            assert got is not None and got["pairs"] == 1 and got["slow_consumer_closes"] == 0
+    finally:
+        await gateway.aclose()
+    assert await report() is None  # a stopped gateway leaves no stale report

@@ -129,6 +129,8 @@ async def test_the_ops_status_answers_operators_only(web: WebExchange, stack: Lo
         assert [p["symbol"] for p in status["pairs"]] == list(markets.pairs)
         assert status["mode"] == "cluster" and len(status["redis_nodes"]) == 6
         assert all(p["leader"] is not None for p in status["pairs"])
+        # Every running gateway (the stack's two and the pages' two) reports itself.
+        assert len([g for g in status["gateways"] if not g["silent"]]) >= 4, status["gateways"]
         for pair in status["pairs"]:  # the other live engine processes wait as standbys
             alive = {name for name in engine_processes(stack, pair["symbol"])
                      if psutil.pid_exists(int(name.rsplit(":", 1)[1]))}

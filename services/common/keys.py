@@ -6,7 +6,6 @@ carries `{acct:ID}`, so each atomic step touches exactly one Redis Cluster slot.
 
 from __future__ import annotations
 
-ENGINE_GROUP = "engine"
 SETTLEMENT_GROUP = "settlement"
 # Gateways report here once a second (id -> JSON): what the ops page shows of them.
 GATEWAY_REGISTRY = "{ops}:gateways"

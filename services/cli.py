@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("services.gateway.server", "a WebSocket market-data gateway"),
     "settlement": ("services.settlement.main", "settle engine events on accounts"),
     "simulate": ("services.simulator.main", "a simulated market trading over the API"),
+    "trace": ("services.common.trace_view",
+              "an order's trace as a tree with timings (ORDER_ID, or --slowest N)"),
+    "audit": ("services.engine.audit",
+              "export or verify a pair's audit log by replay (export|verify PAIR)"),
 }
 
 

@@ -14,7 +14,6 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from opentelemetry import propagate
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -82,7 +81,9 @@ def rolling_24h(pair: Pair, bars: list[dict[str, object]]) -> dict[str, str | No
 def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI:
     markets = markets or load_markets()
     box = SecretBox(settings.secrets_key) if settings.secrets_key else SecretBox.from_env()
-    tracer = setup_tracing("exchange-api")
+    # FastAPI's own telemetry makes each request's server span (continuing a caller's
+    # traceparent) once a provider is installed; the order path adds its spans under it.
+    setup_tracing("exchange-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,11 +146,7 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return _error("PAYLOAD_TOO_LARGE", f"bodies are limited to {MAX_BODY_BYTES} bytes",
                           413)
-        # A caller's W3C traceparent, if any, becomes the parent: its trace goes on.
-        parent = propagate.extract(request.headers)
-        with tracer.start_as_current_span(f"{request.method} {request.url.path}",
-                                          context=parent):
-            return await call_next(request)
+        return await call_next(request)
 
     # ---- health and the page ----------------------------------------------------------
 

@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from redis.asyncio.client import Pipeline
 
 from services.api.order_rules import MAX_EXACT_UNITS, MarketRef, plan_order, price_ticks
@@ -26,11 +27,12 @@ from services.common.order_record import order_to_wire, place_command
 from services.common.pairs import Markets, Pair
 from services.common.redis_conn import AnyRedis
 from services.common.scripts import lua
-from services.common.tracing import current_traceparent
+from services.common.tracing import ACCOUNT_ID, ORDER_ID, PAIR, current_traceparent
 
 _HOLD_LUA = lua("services.api", "hold.lua", publishes=True)
 _AMEND_HOLD_LUA = lua("services.api", "amend_hold.lua", publishes=True)
 TERMINAL = frozenset({"filled", "cancelled", "rejected"})
+_tracer = trace.get_tracer("exchange-api")  # span names: services/common/tracing.py
 BACKLOG_RETRY_AFTER_S = 1
 
 # The pair as an order needs it, in ONE read of the pair's slot (the round trip an order
@@ -121,9 +123,12 @@ class OrderService:
     async def place(self, account_id: str, req: OrderRequest) -> tuple[dict[str, object], bool]:
         """Validate, check the pair's backlog, hold, enqueue. Returns (order, created);
         created is False when a repeated client_order_id returned the first order."""
-        pair = self.markets.pair(req.symbol)
-        view = await self.pair_view(pair)
-        plan = plan_order(pair, req, view.ref)
+        handler = trace.get_current_span()  # the request's handler span (FastAPI's)
+        handler.set_attributes({ACCOUNT_ID: account_id, PAIR: req.symbol})
+        with _tracer.start_as_current_span("order.validate", attributes={PAIR: req.symbol}):
+            pair = self.markets.pair(req.symbol)
+            view = await self.pair_view(pair)
+            plan = plan_order(pair, req, view.ref)
         account = keys.AccountKeys(account_id)
         refusal = backlog_refusal(pair.symbol, view, self.backlog)
         if refusal is not None:
@@ -134,6 +139,7 @@ class OrderService:
                 raise refusal
             return await self.get(account_id, first.decode()), False
         order_id = new_order_id()
+        handler.set_attribute(ORDER_ID, order_id)
         now = int(time.time() * 1000)
         record = {
             "order_id": order_id, "client_order_id": req.client_order_id or "",
@@ -156,7 +162,8 @@ class OrderService:
                       now, *(x for item in record.items() for x in item)],
                 client=pipe)
 
-        [(outcome, detail)] = await self.durable.run(account.balances, hold)
+        with _tracer.start_as_current_span("order.hold", attributes={ACCOUNT_ID: account_id}):
+            [(outcome, detail)] = await self.durable.run(account.balances, hold)
         if outcome == -1:
             raise ExchangeError("INSUFFICIENT_FUNDS",
                                 f"not enough {plan.hold_asset.symbol} available for this order")
@@ -167,12 +174,15 @@ class OrderService:
 
     async def _enqueue(self, pair: Pair, command: Command) -> None:
         inbox = keys.PairKeys(pair.symbol).inbox
-        entry = {"c": encode(command), "tp": current_traceparent()}
+        with _tracer.start_as_current_span("order.enqueue", attributes={PAIR: pair.symbol}):
+            # The enqueue span's context travels in the entry: the engine's spans of the
+            # order are its children.
+            entry = {"c": encode(command), "tp": current_traceparent()}
 
-        async def append(pipe: Pipeline) -> None:
-            pipe.xadd(inbox, entry)
+            async def append(pipe: Pipeline) -> None:
+                pipe.xadd(inbox, entry)
 
-        await self.durable.run(inbox, append)
+            await self.durable.run(inbox, append)
 
     async def amend(self, account_id: str, order_id: str,
                     req: AmendRequest) -> dict[str, object]:
@@ -183,6 +193,8 @@ class OrderService:
         the order ends."""
         record = await self._record(account_id, order_id)
         pair = self.markets.pair(record["symbol"])
+        trace.get_current_span().set_attributes(
+            {ORDER_ID: order_id, ACCOUNT_ID: account_id, PAIR: pair.symbol})
         if record["type"] != "limit":
             raise ExchangeError("ORDER_NOT_AMENDABLE", "only limit orders can be amended")
         if req.qty is None and req.price is None:
@@ -255,6 +267,8 @@ class OrderService:
         if record["status"] in TERMINAL:
             raise ExchangeError("ORDER_NOT_OPEN", f"order {order_id} is {record['status']}")
         pair = self.markets.pair(record["symbol"])
+        trace.get_current_span().set_attributes(
+            {ORDER_ID: order_id, ACCOUNT_ID: account_id, PAIR: pair.symbol})
         await self._enqueue(pair, CancelOrder(order_id, account_id))
         order_key = keys.AccountKeys(account_id).order(order_id)
         deadline = time.monotonic() + wait_s

@@ -226,6 +226,9 @@ class MarketDataUpdate(msgspec.Struct, frozen=True, array_like=True):
     asks: list[tuple[int, int]]
     trades: list[TradeTick]
     candles: list[CandleTick] = msgspec.field(default_factory=list)
+    # (order_id, traceparent) of each sampled order of the batch, so a gateway's span of
+    # its write joins the order's trace; an envelope field, never forwarded to clients.
+    traces: list[tuple[str, str]] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()

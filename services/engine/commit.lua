@@ -7,7 +7,8 @@
 --       fencing token (must be the lease's, once the pair has a lease),
 --       then: n state fields, (field, value)...;
 --       n bid levels, (price, lots)...; n ask levels, (price, lots)...;
---       n trades, msgpack TradeTicks (oldest first)...; n bars, (key index, start, wire bar)...
+--       n trades, msgpack TradeTicks (oldest first)...; n bars, (key index, start, wire bar)...;
+--       then the traced orders of the batch for settlement's spans ('' = none; optional)
 -- The state fields include event_seq (the seq of the batch's last event) and
 -- last_input_id (the batch's last input): the engine's place in its input stream.
 local state, events, bids, asks, inbox, trades, md = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -57,8 +58,13 @@ for j = i, i + 3 * n - 1, 3 do
   redis.call('ZADD', key, ARGV[j + 1], ARGV[j + 2])
   redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(ARGV[6]) - 1)
 end
+local traces = ARGV[i + 3 * n]
 if ARGV[3] ~= '' then
-  redis.call('XADD', events, '*', 'seq', ARGV[state_first + 1], 'e', ARGV[3])
+  if traces and traces ~= '' then
+    redis.call('XADD', events, '*', 'seq', ARGV[state_first + 1], 'e', ARGV[3], 'tp', traces)
+  else
+    redis.call('XADD', events, '*', 'seq', ARGV[state_first + 1], 'e', ARGV[3])
+  end
 end
 redis.call('HSET', state, unpack(ARGV, state_first, state_last))
 if ARGV[4] ~= '' then

@@ -40,6 +40,12 @@ from services.common.messages import (
 )
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
+from services.common.tracing import (
+    EngineBatchTrace,
+    encode_order_traces,
+    exporting,
+    setup_tracing,
+)
 from services.engine.book import OrderBook
 from services.engine.candles import Bar, Candles
 from services.engine.lease import Lease
@@ -102,6 +108,7 @@ class Engine:
         self._inputs = 0  # inputs committed since the pair began (state "inputs")
         self._snapshotting: asyncio.Task[None] | None = None
         self._previous_snapshot_input = ""
+        self._tracer = setup_tracing("exchange-engine")
 
     # ---- recovery -------------------------------------------------------------------
 
@@ -258,7 +265,13 @@ class Engine:
     async def process_batch(self, entries: Entries) -> None:
         """Match every entry of the batch, then commit the whole batch in one script."""
         previous_seq = self.book.last_seq
+        # Spans only for sampled orders, and only if they go anywhere (module doc of
+        # services.common.tracing): an untraced batch pays one function call.
+        traced = EngineBatchTrace.traced_inputs(entries) if exporting() else []
+        batch_trace = EngineBatchTrace(self._tracer, self.pair.symbol, len(entries), traced,
+                                       time.time_ns()) if traced else None
         events = self._apply(entries)
+        order_traces = batch_trace.matched(time.time_ns()) if batch_trace else []
         bids, asks = self.book.take_level_changes()
         ticks = [TradeTick(e.trade_id, e.price, e.qty, e.taker_side, e.ts)
                  for e in events if type(e) is Trade]
@@ -273,6 +286,7 @@ class Engine:
                 bids=list(bids.items()), asks=list(asks.items()), trades=ticks,
                 candles=[CandleTick(b.interval, b.t, b.o, b.h, b.l, b.c, b.v, b.qv, b.n)
                          for b in bars],
+                traces=order_traces,
             ))
         book = self.book
         best_bid, best_ask = book.best_bid, book.best_ask
@@ -297,11 +311,14 @@ class Engine:
         args.append(len(bars))
         for bar in bars:
             args += (_CANDLE_KEY_INDEX[bar.interval], bar.t, self._wire_bar(bar))
+        args.append(encode_order_traces(order_traces))
         k = self.keys
         await self._commit_batch(
             [k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md, k.lease,
              *(k.candles(interval) for interval in INTERVALS_MS)],
             args, entries[-1][0])
+        if batch_trace:
+            batch_trace.committed(book.last_seq, md_seq if md_blob else 0)
         self.md_seq = md_seq
         self._last_input_id = entries[-1][0].decode()
         self._inputs += len(entries)

@@ -31,6 +31,7 @@ from services.common.keys import PairKeys
 from services.common.messages import CandleTick, MarketDataUpdate, md_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
+from services.common.tracing import exporting, record_gateway_write, setup_tracing
 from services.gateway import frames
 from services.gateway.bar_channels import CandleChannel, TickerChannel, now_ms
 from services.gateway.bars import parse_bar, window_start
@@ -181,6 +182,7 @@ class PairFeed:
         self._resync_wanted = False
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
+        self._tracer = setup_tracing("exchange-gateway")
 
     @property
     def symbol(self) -> str:
@@ -310,6 +312,16 @@ class PairFeed:
             log.error("%s: undecodable market data (%s); resyncing", self.symbol, exc)
             self._begin_sync()
             return
+        if update.traces and exporting():
+            # The update reflects sampled orders: a span of its fan-out in each one's trace.
+            started = time.time_ns()
+            self._on_update(update)
+            record_gateway_write(self._tracer, self.symbol, update.seq, update.traces, started,
+                                 len(self.clients()))
+            return
+        self._on_update(update)
+
+    def _on_update(self, update: MarketDataUpdate) -> None:
         if update.trades and self.trade_watchers:
             # Trades need no book continuity: forward them as they come, even mid-sync.
             frame = frames.trades(self.wire, update.seq, update.trades)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from services.common.pairs import load_markets
 from services.common.secrets_box import SECRETS_KEY_ENV, new_key
+from services.common.tracing import TRACE_DIR_ENV
 from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_ports, port_free
 
 
@@ -167,6 +168,9 @@ class LocalExchange:
         })
         if opts.pairs_file:
             env["EXCHANGE_PAIRS_FILE"] = str(Path(opts.pairs_file).resolve())
+        # Spans go to files `exchange trace` reads, with or without a collector; an
+        # EXCHANGE_TRACE_DIR of the caller's wins (empty: no files).
+        env.setdefault(TRACE_DIR_ENV, str((opts.data_dir / "traces").resolve()))
         return env
 
     def _spawn(self, child: Child) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -26,6 +27,7 @@ from services.common.messages import events_decoder
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.common.scripts import lua
+from services.common.tracing import order_traces, record_settlement, setup_tracing
 from services.settlement.legs import Leg, legs_by_account
 from services.settlement.reconciler import run_reconciler
 
@@ -51,6 +53,7 @@ class PairSettler:
         self.block_ms = block_ms
         self._settle = redis.register_script(_SETTLE_LUA)
         self._json = msgspec.json.Encoder()
+        self._tracer = setup_tracing("exchange-settlement")
 
     async def ensure_group(self) -> None:
         try:
@@ -93,10 +96,26 @@ class PairSettler:
         """Apply one committed engine entry to every account it concerns."""
         events = events_decoder.decode(fields[b"e"])
         seq = int(fields[b"seq"])
-        await asyncio.gather(*(
-            self._settle_account(account_id, legs, seq)
-            for account_id, legs in legs_by_account(self.pair, events).items()
-        ))
+        traces = order_traces(fields)
+        if not traces:
+            await asyncio.gather(*(
+                self._settle_account(account_id, legs, seq)
+                for account_id, legs in legs_by_account(self.pair, events).items()
+            ))
+            return
+        # The entry holds sampled orders: time each account's settlement for their spans.
+        timings: dict[str, tuple[int, int]] = {}
+
+        async def timed(account_id: str, legs: list[Leg]) -> None:
+            start = time.time_ns()
+            await self._settle_account(account_id, legs, seq)
+            timings[account_id] = (start, time.time_ns())
+
+        started = time.time_ns()
+        await asyncio.gather(*(timed(account_id, legs) for account_id, legs
+                               in legs_by_account(self.pair, events).items()))
+        record_settlement(self._tracer, self.pair.symbol, seq, traces, events, started,
+                          time.time_ns(), timings)
 
     async def _settle_account(self, account_id: str, legs: list[Leg],
                               seq: int) -> None:

@@ -150,6 +150,12 @@ checksum/config: {{ include "exchange.pairsToml" . | sha256sum }}
   value: /etc/exchange/pairs.toml
 - name: EXCHANGE_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+# Spans go to the chart's collector over OTLP/HTTP when it runs; empty: not exported.
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ ternary (printf "http://%s:4318" (include "exchange.component.fullname" (list . "collector"))) "" .Values.observability.collector.enabled | quote }}
+# Span files are for a single machine (`exchange trace`); in a cluster, the collector.
+- name: EXCHANGE_TRACE_DIR
+  value: ""
 {{- end }}
 
 {{- define "exchange.env.secretsKey" -}}

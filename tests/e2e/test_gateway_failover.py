@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import psutil
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from services.common.client import ExchangeClient
 from services.common.pairs import load_markets
@@ -112,7 +112,18 @@ class Screen:
                                             what="the end of the test")
             except ConnectionClosed:
                 self.drops.append(time.monotonic())
+                await self.reconnect()
+
+    async def reconnect(self) -> None:
+        """As a client should: again, with a short backoff, until a replica answers (a
+        connection queued on the killed replica's socket is dropped unanswered)."""
+        for attempt in range(1, 21):
+            try:
                 await self.connect()
+                return
+            except (OSError, InvalidHandshake):
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("no replica took the reconnection")
 
     def gateway_pid(self, pids: set[int]) -> int:
         """The replica serving this client's connection."""

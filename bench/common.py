@@ -20,15 +20,17 @@ orders rest: about 2k stay resting, the size the peer figures were measured at.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import platform
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sortedcontainers import SortedList
 
@@ -220,3 +222,13 @@ def write_results(name: str, figures: dict[str, object]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")
     return path
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, dict[str, object]]) -> dict[str, object]:
+    """Run a benchmark on uvloop, as the services run (services/common/process.py and
+    uvicorn's loop="uvloop"); on asyncio's own loop where uvloop is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

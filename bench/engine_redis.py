@@ -27,11 +27,9 @@ size runs `--repeats` times, interleaved with the others; figures are medians of
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from common import (
     machine,
     median,
     percentile,
+    run_on_uvloop,
     source_digest,
     write_results,
 )
@@ -238,15 +237,6 @@ async def run(orders: int, batches: list[int], repeats: int, seed: int) -> dict[
     return figures
 
 
-def _run_loop(main: Coroutine[Any, Any, dict[str, object]]) -> dict[str, object]:
-    """On uvloop, as the engine service runs (services/common/process.py)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=100_000)
@@ -260,7 +250,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     facts = machine()
     wall = time.perf_counter()
-    figures = _run_loop(run(args.orders, batches, args.repeats, args.seed))
+    figures = run_on_uvloop(run(args.orders, batches, args.repeats, args.seed))
     figures["wall_s"] = round(time.perf_counter() - wall, 1)
     figures.update(facts)
     path = write_results("engine_redis", figures)

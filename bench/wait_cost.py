@@ -22,7 +22,6 @@ figures are the API's Redis writes alone. Modes run interleaved, `--repeats` run
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
 
-from common import machine, median, percentile, source_digest, write_results
+from common import machine, median, percentile, run_on_uvloop, source_digest, write_results
 from redis.asyncio import Redis
 
 from services.api.accounts import AccountStore
@@ -166,15 +165,6 @@ async def run(count: int, repeats: int) -> dict[str, object]:
     return figures
 
 
-def _run_loop(main: Coroutine[Any, Any, dict[str, object]]) -> dict[str, object]:
-    """On uvloop, as the API runs (uvicorn with loop="uvloop")."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=2000, help="orders per run and mode")
@@ -185,7 +175,7 @@ def main() -> None:
         args.orders, args.repeats = 200, 1
     facts = machine()
     wall = time.perf_counter()
-    figures = _run_loop(run(args.orders, args.repeats))
+    figures = run_on_uvloop(run(args.orders, args.repeats))
     figures["wall_s"] = round(time.perf_counter() - wall, 1)
     figures.update(facts)
     path = write_results("wait_cost", figures)

@@ -22,7 +22,8 @@ MARKETS = parse_markets({
 PAIR = MARKETS.pair("SETL-USD")
 
 
-async def test_replayed_entry_settles_once_and_releases_price_improvement(redis) -> None:
+async def seller_of_two_at_90(redis):
+    """Fresh accounts: a seller of 2 SETL resting at 90, a buyer with 1000 USD."""
     accounts = AccountStore(redis, MARKETS, SecretBox(new_key()))
     orders = OrderService(redis, MARKETS)
     seller, buyer = await accounts.create(), await accounts.create()
@@ -30,6 +31,23 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
     await accounts.deposit(buyer.account_id, "USD", "1000")
     await orders.place(seller.account_id, OrderRequest(
         symbol="SETL-USD", side="sell", price="90.00", qty="2.000"))
+    return accounts, orders, seller, buyer
+
+
+async def assert_two_traded_at_90_once(accounts: AccountStore, seller, buyer) -> None:
+    """Both sides hold exactly what one trade of 2 at 90 (no fees) leaves them."""
+    assert await accounts.balances(buyer.account_id) == [
+        {"asset": "SETL", "available": "2.00000000", "held": "0.00000000"},
+        {"asset": "USD", "available": "820.000000", "held": "0.000000"},
+    ]
+    assert await accounts.balances(seller.account_id) == [
+        {"asset": "SETL", "available": "8.00000000", "held": "0.00000000"},
+        {"asset": "USD", "available": "180.000000", "held": "0.000000"},
+    ]
+
+
+async def test_replayed_entry_settles_once_and_releases_price_improvement(redis) -> None:
+    accounts, orders, seller, buyer = await seller_of_two_at_90(redis)
     # The buyer bids 100 but trades at the resting 90: the 10 * 2 difference comes back.
     await orders.place(buyer.account_id, OrderRequest(
         symbol="SETL-USD", side="buy", price="100.00", qty="2.000"))
@@ -41,14 +59,7 @@ async def test_replayed_entry_settles_once_and_releases_price_improvement(redis)
     for _ in range(3):  # a worker that crashed before XACK reads the entry again
         await settler.settle_entry(fields)
 
-    assert await accounts.balances(buyer.account_id) == [
-        {"asset": "SETL", "available": "2.00000000", "held": "0.00000000"},
-        {"asset": "USD", "available": "820.000000", "held": "0.000000"},
-    ]
-    assert await accounts.balances(seller.account_id) == [
-        {"asset": "SETL", "available": "8.00000000", "held": "0.00000000"},
-        {"asset": "USD", "available": "180.000000", "held": "0.000000"},
-    ]
+    await assert_two_traded_at_90_once(accounts, seller, buyer)
     assert await redis.scard(keys.AccountKeys(buyer.account_id).open_orders) == 0
 
 
@@ -56,13 +67,7 @@ async def test_a_lost_commit_made_again_in_other_batches_settles_each_fill_once(
     """A failover can lose an engine commit that settlement had already applied; the
     engine then makes the same events again, cut into other batches. Each fill still
     counts once: an account applies only the legs past the last seq it settled."""
-    accounts = AccountStore(redis, MARKETS, SecretBox(new_key()))
-    orders = OrderService(redis, MARKETS)
-    seller, buyer = await accounts.create(), await accounts.create()
-    await accounts.deposit(seller.account_id, "SETL", "10")
-    await accounts.deposit(buyer.account_id, "USD", "1000")
-    await orders.place(seller.account_id, OrderRequest(
-        symbol="SETL-USD", side="sell", price="90.00", qty="2.000"))
+    accounts, orders, seller, buyer = await seller_of_two_at_90(redis)
     for _ in range(2):  # two fills of the one sell
         await orders.place(buyer.account_id, OrderRequest(
             symbol="SETL-USD", side="buy", price="90.00", qty="1.000"))
@@ -79,11 +84,4 @@ async def test_a_lost_commit_made_again_in_other_batches_settles_each_fill_once(
     for part in (events[:first_fill], events[first_fill:]):  # the same events, re-cut
         await settler.settle_entry(entry(part))
 
-    assert await accounts.balances(buyer.account_id) == [
-        {"asset": "SETL", "available": "2.00000000", "held": "0.00000000"},
-        {"asset": "USD", "available": "820.000000", "held": "0.000000"},
-    ]
-    assert await accounts.balances(seller.account_id) == [
-        {"asset": "SETL", "available": "8.00000000", "held": "0.00000000"},
-        {"asset": "USD", "available": "180.000000", "held": "0.000000"},
-    ]
+    await assert_two_traded_at_90_once(accounts, seller, buyer)

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test bench lock clean chromium
+.PHONY: up test bench lock clean chromium prometheus
 
 $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,18 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-up: $(INSTALLED) $(NPM_STAMP)
+# Debian's Prometheus: `make up` runs it over the services, with the alert rules of
+# observability/; its promtool checks and unit-tests those rules in `make test`.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		prometheus; systemctl disable --now prometheus 2>/dev/null || true; }
+
+up: $(INSTALLED) $(NPM_STAMP) prometheus
 	$(VENV)/bin/exchange up $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 
-test: $(INSTALLED) $(NPM_STAMP) chromium
-	$(VENV)/bin/ruff check services tests bench
+test: $(INSTALLED) $(NPM_STAMP) chromium prometheus
+	$(VENV)/bin/ruff check services tests bench observability
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # `make bench` runs every benchmark, `make bench BENCH=engine_book` one; each prints its

@@ -35,13 +35,15 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
 def stack(redis_cluster: LocalRedisCluster,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalExchange]:
     """Engines for every pair, settlement, the API and two gateway replicas, each a
-    process; the replicas get distinct ports so a test can address each one."""
-    api_port, *gateway_ports = free_ports(3)
+    process, and Prometheus scraping them (as `make up` runs them); the replicas get
+    distinct ports so a test can address each one."""
+    api_port, prometheus_port, *gateway_ports = free_ports(4)
     root = tmp_path_factory.mktemp("exchange")
     options = UpOptions(
         data_dir=root, redis_url=redis_cluster.url, api_port=api_port,
         gateway_ports=tuple(gateway_ports), simulate_rate=0,
         admin_token=secrets.token_urlsafe(16), log_dir=root / "logs",
+        prometheus_port=prometheus_port,
     )
     with LocalExchange(options) as exchange:
         yield exchange

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.accounts import AccountStore
 from services.api.auth import operator, signed_account
@@ -37,6 +38,7 @@ from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
 from services.common.intervals import INTERVALS_MS
 from services.common.messages import TradeTick
+from services.common.metrics import HTTP_DURATION, HTTP_REQUESTS, ORDER_REJECTS, ORDERS_ACCEPTED
 from services.common.pairs import Markets, Pair, load_markets
 from services.common.redis_conn import connect
 from services.common.secrets_box import SecretBox
@@ -78,6 +80,35 @@ def rolling_24h(pair: Pair, bars: list[dict[str, object]]) -> dict[str, str | No
     }  # type: ignore[return-value]
 
 
+class RequestMetrics:
+    """ASGI middleware: each HTTP request's count and duration by route template (not by
+    path: an order id in the path would make a series per order)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
+
+
 def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI:
     markets = markets or load_markets()
     box = SecretBox(settings.secrets_key) if settings.secrets_key else SecretBox.from_env()
@@ -102,6 +133,7 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
                   description="Public market data, signed trading and operator endpoints.")
     app.state.settings = settings
     app.state.markets = markets
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(ExchangeError)
     async def exchange_error(_: Request, exc: ExchangeError) -> JSONResponse:
@@ -265,7 +297,14 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         200: {"description": "A repeated client_order_id: the first order, nothing new"}})
     async def place_order(request: Request, body: OrderRequest,
                           account_id: Account) -> JSONResponse:
-        order, created = await request.app.state.orders.place(account_id, body)
+        symbol = body.symbol if body.symbol in markets.pairs else "unknown"
+        try:
+            order, created = await request.app.state.orders.place(account_id, body)
+        except ExchangeError as exc:
+            ORDER_REJECTS.labels(symbol, exc.code, "api").inc()
+            raise
+        if created:
+            ORDERS_ACCEPTED.labels(symbol).inc()
         return JSONResponse(order, status_code=201 if created else 200)
 
     @app.patch("/api/v1/orders/{order_id}", tags=["trading"], status_code=202)

@@ -15,21 +15,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from services.api.auth import operator
 from services.api.error_docs import RESPONSES_BY_TAG
 from services.api.orders import OrderService
 from services.common import keys
+from services.common.metrics import CONTENT_TYPE, exposition, process_registry
 from services.common.pairs import Markets
 from services.common.redis_conn import AnyRedis
 
@@ -333,6 +337,45 @@ async def _server_ms(redis: AnyRedis) -> int:
     return seconds * 1000 + micros // 1000
 
 
+class _StatusCollector(Collector):
+    """Exports one OpsStatus reading as gauges (the names: services.common.metrics)."""
+
+    def __init__(self, status: OpsStatus | None) -> None:
+        self.status = status
+
+    def collect(self) -> Iterable[Metric]:
+        return status_metrics(self.status) if self.status is not None else []
+
+
+def status_metrics(status: OpsStatus) -> list[Metric]:
+    """The pair and Redis gauges of one status reading."""
+    leader = GaugeMetricFamily("exchange_engine_leader",
+                               "1 while some engine holds the pair's lease", labels=["pair"])
+    backlog = GaugeMetricFamily("exchange_engine_input_backlog",
+                                "Commands enqueued and not yet committed", labels=["pair"])
+    settle_backlog = GaugeMetricFamily("exchange_settlement_backlog",
+                                       "Committed event batches not yet settled",
+                                       labels=["pair"])
+    lag = GaugeMetricFamily("exchange_settlement_lag_seconds",
+                            "Age of the oldest batch not yet settled (0: none)",
+                            labels=["pair"])
+    for pair in status.pairs:
+        leader.add_metric([pair.symbol], 1 if pair.leader else 0)
+        backlog.add_metric([pair.symbol], pair.engine_backlog)
+        settle_backlog.add_metric([pair.symbol], pair.settlement_backlog)
+        lag.add_metric([pair.symbol], pair.settlement_lag_ms / 1000)
+    node_up = GaugeMetricFamily("exchange_redis_node_up",
+                                "1 if the node answers and is not flagged failing",
+                                labels=["node", "role"])
+    slots = GaugeMetricFamily("exchange_redis_slots", "Hash slots a master serves",
+                              labels=["node"])
+    for node in status.redis_nodes:
+        node_up.add_metric([node.node, node.role], 1 if node.healthy else 0)
+        if node.role == "master":
+            slots.add_metric([node.node], sum(last - first + 1 for first, last in node.slots))
+    return [leader, backlog, settle_backlog, lag, node_up, slots]
+
+
 def ops_router() -> APIRouter:
     """The status endpoint (operator token) and the page that shows it."""
     router = APIRouter()
@@ -349,6 +392,20 @@ def ops_router() -> APIRouter:
         state = request.app.state
         script = state.redis.register_script(_PAIR_OPS_LUA)  # no I/O: a name for the text
         return await read_status(state.redis, state.markets, state.orders, script, rates)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: this process's metrics, and each pair's and Redis node's
+        health as read from Redis now (the same reading as the status above)."""
+        state = request.app.state
+        script = state.redis.register_script(_PAIR_OPS_LUA)
+        try:
+            status = await read_status(state.redis, state.markets, state.orders, script,
+                                       rates)
+        except (RedisError, OSError):
+            status = None  # Redis down: the process's own figures still answer
+        return Response(exposition(process_registry(_StatusCollector(status))),
+                        media_type=CONTENT_TYPE)
 
     @router.get("/ops", include_in_schema=False)
     async def ops_page() -> FileResponse:

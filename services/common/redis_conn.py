@@ -19,6 +19,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from services.common.metrics import REDIS_ERRORS
+
 AnyRedis = Redis | RedisCluster
 
 REDIS_URL_ENV = "REDIS_URL"
@@ -71,6 +73,7 @@ class FailoverTolerantCluster(RedisCluster):
                 error, again = self._classify(exc, command)
                 if error is None:
                     raise
+                REDIS_ERRORS.labels(type(error).__name__).inc()
                 if not again or time.monotonic() + delay > deadline:
                     if error is exc:
                         raise

@@ -7,6 +7,7 @@ import asyncio
 import os
 
 from services.common.keys import PairKeys
+from services.common.metrics import METRICS_PORT_ENV, serve_metrics
 from services.common.pairs import load_markets
 from services.common.process import run_service
 from services.common.redis_conn import DEFAULT_REDIS_URL, REDIS_URL_ENV, connect
@@ -22,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-every", type=int,
                         default=int(os.environ.get("EXCHANGE_SNAPSHOT_EVERY", 50_000)),
                         help="committed inputs between state snapshots (0 = never)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(os.environ.get(METRICS_PORT_ENV, 0)),
+                        help="serve Prometheus /metrics on this port (0 = not at all)")
     args = parser.parse_args(argv)
     pair = load_markets().pair(args.pair)
 
     async def body(stop: asyncio.Event) -> None:
+        stop_metrics = serve_metrics(args.metrics_port)
         redis = await connect(args.redis_url)
         try:
             lease = Lease(redis, PairKeys(pair.symbol))
@@ -33,5 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                          lease=lease, snapshot_every=args.snapshot_every).run(stop)
         finally:
             await redis.aclose()
+            if stop_metrics:
+                stop_metrics()
 
     return run_service(f"engine[{pair.symbol}]", body)

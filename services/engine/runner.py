@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from importlib import resources
 
 import msgspec
@@ -33,10 +34,21 @@ from services.common.messages import (
     Command,
     Event,
     MarketDataUpdate,
+    OrderRejected,
     Trade,
     TradeTick,
     command_decoder,
     encode,
+)
+from services.common.metrics import (
+    ENGINE_BATCH_SIZE,
+    ENGINE_COMMANDS,
+    ENGINE_COMMIT,
+    ENGINE_LEADING,
+    ENGINE_TRADES,
+    LEASE_TAKEOVERS,
+    ORDER_COMMIT_LATENCY,
+    ORDER_REJECTS,
 )
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
@@ -109,6 +121,10 @@ class Engine:
         self._snapshotting: asyncio.Task[None] | None = None
         self._previous_snapshot_input = ""
         self._tracer = setup_tracing("exchange-engine")
+        # Exported from the start: a standby shows 0, and counters start at 0.
+        ENGINE_LEADING.labels(pair.symbol).set(0)
+        for counter in (LEASE_TAKEOVERS, ENGINE_COMMANDS, ENGINE_TRADES):
+            counter.labels(pair.symbol)
 
     # ---- recovery -------------------------------------------------------------------
 
@@ -174,14 +190,18 @@ class Engine:
         failed commit."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            if self.lease is not None and not await self.lease.acquire(stop):
-                return
+            if self.lease is not None:
+                if not await self.lease.acquire(stop):
+                    return
+                LEASE_TAKEOVERS.labels(self.pair.symbol).inc()
+            ENGINE_LEADING.labels(self.pair.symbol).set(1)
             lost = asyncio.Event()
             keeper = asyncio.create_task(self._keep_lease(stop, lost)) if self.lease else None
             try:
                 await self._recover_until_ok(stop)
                 await self._lead(stop, lost)
             finally:
+                ENGINE_LEADING.labels(self.pair.symbol).set(0)
                 if keeper:
                     keeper.cancel()
                 if self.lease is not None and stop.is_set() and not lost.is_set():
@@ -313,10 +333,12 @@ class Engine:
             args += (_CANDLE_KEY_INDEX[bar.interval], bar.t, self._wire_bar(bar))
         args.append(encode_order_traces(order_traces))
         k = self.keys
+        started = time.perf_counter()
         await self._commit_batch(
             [k.state, k.events, k.bids, k.asks, k.inbox, k.trades, k.md, k.lease,
              *(k.candles(interval) for interval in INTERVALS_MS)],
             args, entries[-1][0])
+        self._observe(entries, events, len(ticks), time.perf_counter() - started)
         if batch_trace:
             batch_trace.committed(book.last_seq, md_seq if md_blob else 0)
         self.md_seq = md_seq
@@ -327,6 +349,24 @@ class Engine:
                 self._snapshotting is None or self._snapshotting.done()):
             self._since_snapshot = 0
             self._snapshotting = asyncio.create_task(self.snapshot())
+
+    def _observe(self, entries: Entries, events: list[Event], trades: int,
+                 commit_s: float) -> None:
+        """Metrics of a committed batch: per batch, plus each command's accept -> commit
+        latency, counted by entry millisecond (few distinct values per batch)."""
+        pair = self.pair.symbol
+        ENGINE_COMMANDS.labels(pair).inc(len(entries))
+        if trades:
+            ENGINE_TRADES.labels(pair).inc(trades)
+        ENGINE_BATCH_SIZE.labels(pair).observe(len(entries))
+        ENGINE_COMMIT.labels(pair).observe(commit_s)
+        now_ms = time.time() * 1000
+        latency = ORDER_COMMIT_LATENCY.labels(pair)
+        for accepted_ms, count in Counter(
+                entry_id.partition(b"-")[0] for entry_id, _ in entries).items():
+            latency.observe(max(0.0, now_ms - int(accepted_ms)) / 1000, count)
+        for reason in [e.reason for e in events if type(e) is OrderRejected]:
+            ORDER_REJECTS.labels(pair, reason, "engine").inc()
 
     async def _commit_batch(self, script_keys: list[str], args: list[bytes | str | int],
                             last_input: bytes) -> None:

@@ -165,6 +165,7 @@ class Client:
         if self._closing or self._paused or not out:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
+        count = len(out)
         out.clear()
         self._queued = 0
         if self.ws.protocol.state is not State.OPEN:
@@ -173,6 +174,9 @@ class Client:
             return
         transport = self._transport
         transport.write(data)
+        outbox = self._outbox
+        outbox.frames_out += count
+        outbox.bytes_out += len(data)
         self._last_sent = now
         self._buffered = buffered = transport.get_write_buffer_size()
         if buffered > self.max_pending:
@@ -224,6 +228,8 @@ class Outbox:
 
     def __init__(self, clients: set[Client], heartbeat_s: float = 1.0) -> None:
         self.slow_closes = 0  # connections closed 4008 since the gateway started
+        self.frames_out = 0  # frames handed to the transports since it started
+        self.bytes_out = 0
         self.clients = clients  # every open connection (the server adds and removes them)
         self.heartbeat_s = heartbeat_s
         self._loop = asyncio.get_running_loop()

@@ -29,6 +29,7 @@ import msgspec
 from services.common.book_cache import CHECKSUM_LEVELS, read_book
 from services.common.keys import PairKeys
 from services.common.messages import CandleTick, MarketDataUpdate, md_decoder
+from services.common.metrics import WS_DELIVERY_LATENCY, WS_RESYNCS
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.common.tracing import exporting, record_gateway_write, setup_tracing
@@ -183,6 +184,8 @@ class PairFeed:
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._tracer = setup_tracing("exchange-gateway")
+        self._delivery_latency = WS_DELIVERY_LATENCY.labels(pair.symbol)
+        WS_RESYNCS.labels(pair.symbol)  # exported at 0 until the first
 
     @property
     def symbol(self) -> str:
@@ -318,8 +321,10 @@ class PairFeed:
             self._on_update(update)
             record_gateway_write(self._tracer, self.symbol, update.seq, update.traces, started,
                                  len(self.clients()))
-            return
-        self._on_update(update)
+        else:
+            self._on_update(update)
+        # Its frames are queued now and written at the end of this loop pass.
+        self._delivery_latency.observe(max(0.0, time.time() - update.ts / 1000))
 
     def _on_update(self, update: MarketDataUpdate) -> None:
         if update.trades and self.trade_watchers:
@@ -370,6 +375,7 @@ class PairFeed:
     def _begin_sync(self) -> None:
         if self._stopped:
             return
+        WS_RESYNCS.labels(self.symbol).inc()
         self.live = False
         self._buffer.clear()
         self._want_seed()  # candle and ticker updates may have been lost too

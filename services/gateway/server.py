@@ -1,8 +1,9 @@
 """The WebSocket gateway: public market data over `/ws` (API.md), fed by Redis pub/sub.
 
 HTTP: `/ws` upgrades to WebSocket (HTTP 503 when the process is at `max_connections`),
-`/healthz` answers 200 "ok", anything else 404. Client ops: `subscribe` / `unsubscribe`
-with `{"ch":"book","symbol":S,"depth":10|50|200}` (depth defaults to 50),
+`/healthz` answers 200 "ok", `/metrics` Prometheus text, anything else 404. Client ops:
+`subscribe` / `unsubscribe` with `{"ch":"book","symbol":S,"depth":10|50|200}` (depth
+defaults to 50),
 `{"ch":"trades","symbol":S}`, `{"ch":"candles","symbol":S,"interval":I}` or
 `{"ch":"ticker","symbol":S}`, `ping`, `login` (HMAC, see login.py) and, once logged in,
 the account's `{"ch":"orders"}`, `{"ch":"fills"}` and `{"ch":"balances"}` (see
@@ -29,10 +30,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -41,6 +44,7 @@ from websockets.http11 import Request, Response
 from services.common import keys
 from services.common.api_keys import ApiKeyStore
 from services.common.errors import ExchangeError
+from services.common.metrics import CONTENT_TYPE, exposition, process_registry, serve_metrics
 from services.common.pairs import load_markets
 from services.common.process import run_service
 from services.common.redis_conn import AnyRedis, connect
@@ -60,6 +64,7 @@ log = logging.getLogger("exchange.gateway")
 
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 TOO_MANY_REQUESTS = (4029, "too many requests")
 NO_SUBSCRIPTION = (4001, "no subscription")
 REPORT_EVERY_S = 1.0  # status reports to the gateway registry
@@ -74,6 +79,31 @@ class GatewayStatus:
     subscriptions: int  # client subscriptions across all pairs and accounts
     accounts: int = 0  # accounts whose private updates are subscribed in Redis
     slow_consumer_closes: int = 0  # connections closed 4008 since it started
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterable[Metric]:
+        status = self.gateway.status()
+        outbox = self.gateway._outbox
+        frames_out, bytes_out = (outbox.frames_out, outbox.bytes_out) if outbox else (0, 0)
+        return [
+            GaugeMetricFamily("exchange_ws_connections", "Open WebSocket connections",
+                              status.connections),
+            GaugeMetricFamily("exchange_ws_subscriptions",
+                              "Client subscriptions, across pairs and accounts",
+                              status.subscriptions),
+            GaugeMetricFamily("exchange_ws_pairs", "Pairs subscribed in Redis", status.pairs),
+            CounterMetricFamily("exchange_ws_messages_out", "Frames written to clients",
+                                frames_out),
+            CounterMetricFamily("exchange_ws_bytes_out", "Bytes written to clients",
+                                bytes_out),
+            CounterMetricFamily("exchange_ws_slow_consumer_closes",
+                                "Connections closed 4008 (slow consumer)",
+                                status.slow_consumer_closes),
+        ]
 
 
 class Gateway:
@@ -93,6 +123,8 @@ class Gateway:
         self._drained = asyncio.Event()
         self._reporter: asyncio.Task[None] | None = None
         self._report_id = ""
+        # This gateway's state, read at each scrape: nothing to keep up to date.
+        self.metrics = process_registry(_GatewayCollector(self))
         self._rate_limited = frames.reply(None, None, ExchangeError(
             "RATE_LIMITED", f"more than {settings.frames_per_s:g} frames per second (burst "
             f"{settings.frames_burst}): frame ignored"))
@@ -202,6 +234,12 @@ class Gateway:
             return None  # go on with the WebSocket handshake
         if path == HEALTH_PATH:
             return connection.respond(HTTPStatus.OK, "ok")
+        if path == METRICS_PATH:
+            body = exposition(self.metrics)
+            response = replace(connection.respond(HTTPStatus.OK, ""), body=body)
+            response.headers["Content-Type"] = CONTENT_TYPE
+            response.headers["Content-Length"] = str(len(body))
+            return response
         return connection.respond(HTTPStatus.NOT_FOUND, "not found")
 
     # ---- one connection -----------------------------------------------------------------
@@ -299,11 +337,13 @@ class Gateway:
 
 
 async def serve_gateway(settings: GatewaySettings, ready: asyncio.Event | None = None,
-                        stop: asyncio.Event | None = None) -> None:
+                        stop: asyncio.Event | None = None, metrics_port: int = 0) -> None:
     """Run a gateway until `stop` is set or this task is cancelled, then shut it down
-    gracefully. `ready` is set once it listens."""
+    gracefully. `ready` is set once it listens. `metrics_port`: also serve /metrics there."""
     gateway = Gateway(settings)
     await gateway.start()
+    # Replicas sharing a port (SO_REUSEPORT) are scraped each on a port of its own.
+    stop_metrics = serve_metrics(metrics_port, gateway.metrics)
     try:
         if ready is not None:
             ready.set()
@@ -312,10 +352,12 @@ async def serve_gateway(settings: GatewaySettings, ready: asyncio.Event | None =
         else:
             await stop.wait()
     finally:
+        if stop_metrics:
+            stop_metrics()
         await gateway.aclose()
 
 
-def _parse_args(argv: Sequence[str] | None) -> GatewaySettings:
+def _parse_args(argv: Sequence[str] | None) -> tuple[GatewaySettings, int]:
     env = GatewaySettings.from_env()
     parser = argparse.ArgumentParser(prog="python -m services.gateway",
                                      description="The exchange's WebSocket market-data gateway.")
@@ -327,17 +369,19 @@ def _parse_args(argv: Sequence[str] | None) -> GatewaySettings:
     parser.add_argument("--redis-url", default=env.redis_url,
                         help=f"a node of the Redis Cluster, or one Redis (default {env.redis_url})")
     parser.add_argument("--pairs-file", default=env.pairs_file, help="pairs TOML file")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="also serve /metrics on this port (replicas sharing --port)")
     args = parser.parse_args(argv)
     return replace(env, host=args.host, port=args.port, reuse_port=args.reuse_port,
-                   redis_url=args.redis_url, pairs_file=args.pairs_file)
+                   redis_url=args.redis_url, pairs_file=args.pairs_file), args.metrics_port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; SIGINT/SIGTERM stop it cleanly. Returns the exit code."""
-    settings = _parse_args(argv)
+    settings, metrics_port = _parse_args(argv)
 
     async def body(stop: asyncio.Event) -> None:
-        await serve_gateway(settings, stop=stop)
+        await serve_gateway(settings, stop=stop, metrics_port=metrics_port)
 
     try:
         return run_service("gateway", body)

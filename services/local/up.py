@@ -2,8 +2,9 @@
 
 A local Redis Cluster (or the one REDIS_URL names), an engine process per pair plus a
 standby waiting on the pair's lease, settlement, the API with the web page, gateway
-replicas sharing one port, and a simulated market. Ctrl-C (SIGINT) or SIGTERM stops
-every child cleanly. What was started is written to `.exchange/endpoints.json`.
+replicas sharing one port, a simulated market, and Prometheus scraping them all with the
+alert rules of observability/ (if `prometheus` is installed). Ctrl-C (SIGINT) or SIGTERM
+stops every child cleanly. What was started is written to `.exchange/endpoints.json`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from services.common.secrets_box import SECRETS_KEY_ENV, new_key
 from services.common.tracing import TRACE_DIR_ENV
 from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_ports, port_free
 
+# Dashboards and alert rules, beside the services in a checkout.
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
+
 
 @dataclass(frozen=True)
 class UpOptions:
@@ -47,6 +51,9 @@ class UpOptions:
     simulate_rate: float = 20.0  # 0 = no simulated market
     pairs_file: str | None = None
     log_dir: Path | None = None  # children's output; None = inherit the terminal
+    # Prometheus scraping every service with observability/'s alert rules, when the
+    # `prometheus` binary is installed; 0 = don't start it.
+    prometheus_port: int = 0
 
 
 def _exchange_command() -> list[str]:
@@ -69,6 +76,9 @@ class Child:
     argv: list[str]
     process: subprocess.Popen | None = None
     restarts: int = 0
+    job: str = ""  # its Prometheus scrape job, if it serves /metrics
+    metrics: str = ""  # host:port of its /metrics
+    log: Path | None = None  # its output, if not the exchange's log dir or terminal
 
 
 @dataclass
@@ -96,35 +106,88 @@ class LocalExchange:
         self.redis_url = opts.redis_url or self._start_cluster(timeout)
         markets = load_markets(opts.pairs_file)
         exe = _exchange_command()
+        host = opts.host
+        gateways = len(opts.gateway_ports) or opts.gateways
+        metric_ports = iter(free_ports(len(markets.pairs) * (1 + opts.standbys) + 1 + gateways))
+
+        def serving_metrics(name: str, job: str, argv: list[str]) -> Child:
+            port = next(metric_ports)
+            return Child(name, [*argv, "--metrics-port", str(port)], job=job,
+                         metrics=f"{host}:{port}")
+
         for symbol in markets.pairs:
             # Identical processes: whichever takes the pair's lease leads, the rest wait.
             for n in range(1 + opts.standbys):
-                self.children.append(Child(f"engine[{symbol}]#{n + 1}",
-                                           [*exe, "engine", "--pair", symbol]))
-        self.children.append(Child("settlement", [*exe, "settlement"]))
-        self.children.append(Child("api", [*exe, "api", "--host", opts.host,
-                                           "--port", str(opts.api_port)]))
-        if opts.gateway_ports:
-            for i, port in enumerate(opts.gateway_ports):
-                self.children.append(Child(f"gateway-{i + 1}", [
-                    *exe, "gateway", "--host", opts.host, "--port", str(port)]))
-        else:
-            for i in range(opts.gateways):
-                self.children.append(Child(f"gateway-{i + 1}", [
-                    *exe, "gateway", "--host", opts.host, "--port", str(opts.ws_port),
-                    "--reuse-port"]))
+                self.children.append(serving_metrics(f"engine[{symbol}]#{n + 1}",
+                                                     "exchange-engine",
+                                                     [*exe, "engine", "--pair", symbol]))
+        self.children.append(serving_metrics("settlement", "exchange-settlement",
+                                             [*exe, "settlement"]))
+        self.children.append(Child("api", [*exe, "api", "--host", host,
+                                           "--port", str(opts.api_port)],
+                                   job="exchange-api", metrics=f"{host}:{opts.api_port}"))
+        for i in range(gateways):
+            if opts.gateway_ports:
+                listen = ["--port", str(opts.gateway_ports[i])]
+            else:  # one port shared; each is scraped on a port of its own
+                listen = ["--port", str(opts.ws_port), "--reuse-port"]
+            self.children.append(serving_metrics(f"gateway-{i + 1}", "exchange-gateway",
+                                                 [*exe, "gateway", "--host", host, *listen]))
+        if opts.prometheus_port:
+            self._add_prometheus()
         for child in self.children:
             self._spawn(child)
         deadline = time.monotonic() + timeout
         self._wait_http(f"{self.api_url}/readyz", deadline)
         for url in self.ws_urls:
             self._wait_http(url.replace("ws://", "http://").replace("/ws", "/healthz"), deadline)
+        if self.prometheus_url:
+            self._wait_http(f"{self.prometheus_url}/-/ready", deadline)
         if opts.simulate_rate > 0:
             sim = Child("simulator", [*exe, "simulate", "--api-url", self.api_url,
                                       "--rate", str(opts.simulate_rate)])
             self.children.append(sim)
             self._spawn(sim)
         self._write_endpoints(markets.pairs)
+
+    @property
+    def scrape_targets(self) -> dict[str, list[str]]:
+        """Prometheus job -> host:port of each process serving /metrics."""
+        jobs: dict[str, list[str]] = {}
+        for child in self.children:
+            if child.job:
+                jobs.setdefault(child.job, []).append(child.metrics)
+        return jobs
+
+    @property
+    def prometheus_url(self) -> str | None:
+        port = self.options.prometheus_port
+        has = any(child.name == "prometheus" for child in self.children)
+        return f"http://{self.options.host}:{port}" if has else None
+
+    def _add_prometheus(self) -> None:
+        """Prometheus (if installed) scraping every service, with the alert rules of
+        observability/ (when run from a checkout, where they are)."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            print("prometheus is not installed: no local metrics server "
+                  "(apt-get install prometheus)", file=sys.stderr)
+            return
+        home = (self.options.data_dir / "prometheus").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        rules = sorted(str(path) for path in OBSERVABILITY.glob("alerts/*.yaml"))
+        config = {
+            "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+            "rule_files": rules,
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
+                               for job, targets in self.scrape_targets.items()],
+        }
+        (home / "prometheus.yml").write_text(json.dumps(config, indent=2) + "\n")
+        self.children.append(Child("prometheus", [
+            binary, f"--config.file={home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address={self.options.host}:{self.options.prometheus_port}"],
+            log=home / "prometheus.log"))
 
     def _start_cluster(self, timeout: float) -> str:
         opts = self.options
@@ -175,9 +238,12 @@ class LocalExchange:
 
     def _spawn(self, child: Child) -> None:
         out = None
-        if self.options.log_dir:
-            self.options.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.options.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115
+        log = child.log
+        if log is None and self.options.log_dir:
+            log = self.options.log_dir / f"{child.name}.log"
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log, "ab")  # noqa: SIM115
         child.process = subprocess.Popen(
             child.argv, env=self._child_env(), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT if out else None, start_new_session=True,
@@ -208,6 +274,8 @@ class LocalExchange:
             "redis_nodes": nodes,
             "pairs": list(pairs),
             "admin_token": self.options.admin_token,
+            "metrics": self.scrape_targets,
+            "prometheus_url": self.prometheus_url,
         }
         path = self.options.data_dir / "endpoints.json"
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
@@ -276,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated orders per second; 0 turns the simulator off")
     parser.add_argument("--data-dir", type=Path,
                         default=Path(env.get("EXCHANGE_DATA_DIR", ".exchange")))
+    parser.add_argument("--prometheus-port", type=int,
+                        default=int(env.get("EXCHANGE_PROMETHEUS_PORT", 9090)),
+                        help="local Prometheus, if installed; 0 = none")
     args = parser.parse_args(argv)
     for port in (args.api_port, args.ws_port):
         if not port_free(port, args.host):
@@ -287,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_base_port=args.redis_port,
         admin_token=env.get("EXCHANGE_ADMIN_TOKEN") or secrets.token_urlsafe(24),
         simulate_rate=args.simulate_rate, pairs_file=env.get("EXCHANGE_PAIRS_FILE"),
+        prometheus_port=args.prometheus_port if port_free(args.prometheus_port, args.host)
+        else 0,
     )
     exchange = LocalExchange(options)
     signal.signal(signal.SIGTERM, lambda *_: exchange.stopping.set())
@@ -299,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WebSocket        {exchange.ws_urls[0]}   ({options.gateways} gateway replicas)")
         print(f"Redis            {exchange.redis_url}")
         print(f"endpoints        {options.data_dir / 'endpoints.json'} (holds the admin token)")
+        if exchange.prometheus_url:
+            print(f"Prometheus       {exchange.prometheus_url}/alerts")
         print("Ctrl-C stops everything.")
         print("=" * min(width, 60), flush=True)
         exchange.supervise()

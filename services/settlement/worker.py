@@ -23,11 +23,17 @@ from redis.exceptions import RedisError, ResponseError
 from services.common import keys
 from services.common.durable import DurableWriter
 from services.common.errors import ExchangeError
-from services.common.messages import events_decoder
+from services.common.messages import Event, events_decoder
+from services.common.metrics import SETTLE_SECONDS, SETTLED_BATCHES, SETTLED_LEGS
 from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.common.scripts import lua
-from services.common.tracing import order_traces, record_settlement, setup_tracing
+from services.common.tracing import (
+    OrderTraces,
+    order_traces,
+    record_settlement,
+    setup_tracing,
+)
 from services.settlement.legs import Leg, legs_by_account
 from services.settlement.reconciler import run_reconciler
 
@@ -94,16 +100,25 @@ class PairSettler:
 
     async def settle_entry(self, fields: dict[bytes, bytes]) -> None:
         """Apply one committed engine entry to every account it concerns."""
+        started_s = time.perf_counter()
         events = events_decoder.decode(fields[b"e"])
         seq = int(fields[b"seq"])
+        by_account = legs_by_account(self.pair, events)
         traces = order_traces(fields)
-        if not traces:
-            await asyncio.gather(*(
-                self._settle_account(account_id, legs, seq)
-                for account_id, legs in legs_by_account(self.pair, events).items()
-            ))
-            return
-        # The entry holds sampled orders: time each account's settlement for their spans.
+        if traces:
+            await self._settle_traced(by_account, seq, events, traces)
+        else:
+            await asyncio.gather(*(self._settle_account(account_id, legs, seq)
+                                   for account_id, legs in by_account.items()))
+        symbol = self.pair.symbol
+        SETTLE_SECONDS.labels(symbol).observe(time.perf_counter() - started_s)
+        SETTLED_BATCHES.labels(symbol).inc()
+        SETTLED_LEGS.labels(symbol).inc(sum(len(legs) for legs in by_account.values()))
+
+    async def _settle_traced(self, by_account: dict[str, list[Leg]], seq: int,
+                             events: list[Event], traces: OrderTraces) -> None:
+        """The entry holds sampled orders: time each account's settlement for their
+        spans."""
         timings: dict[str, tuple[int, int]] = {}
 
         async def timed(account_id: str, legs: list[Leg]) -> None:
@@ -113,7 +128,7 @@ class PairSettler:
 
         started = time.time_ns()
         await asyncio.gather(*(timed(account_id, legs) for account_id, legs
-                               in legs_by_account(self.pair, events).items()))
+                               in by_account.items()))
         record_settlement(self._tracer, self.pair.symbol, seq, traces, events, started,
                           time.time_ns(), timings)
 

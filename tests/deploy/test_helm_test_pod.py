@@ -33,12 +33,15 @@ def processes_of_chart() -> Counter[tuple[str, ...]]:
 
 def processes_of(stack: LocalExchange) -> Counter[tuple[str, ...]]:
     found: Counter[tuple[str, ...]] = Counter()
+    services = ("api", "engine", "gateway", "settlement", "simulate")
+    addresses = ("--host", "--port", "--metrics-port")
     for child in stack.children:
-        command = child.argv[child.argv.index(next(a for a in child.argv if a in (
-            "api", "engine", "gateway", "settlement", "simulate"))):]
+        if not set(services) & set(child.argv):
+            continue  # not the exchange's (the local Prometheus)
+        command = child.argv[child.argv.index(next(a for a in child.argv if a in services)):]
         # Addresses differ by design (pods get theirs from the environment).
         kept = [a for i, a in enumerate(command) if not (
-            a in ("--host", "--port") or (i and command[i - 1] in ("--host", "--port")))]
+            a in addresses or (i and command[i - 1] in addresses))]
         found[tuple(kept)] += 1
     return found
 

@@ -6,15 +6,9 @@ import pytest
 
 from services.common import keys
 from services.common.client import ApiError, ExchangeClient
+from tests.support.accounts import funded
 from tests.support.ledger import ledger_totals, wait_until_settled
 from tests.support.waiting import eventually
-
-
-async def funded(admin: ExchangeClient, **deposits: str) -> ExchangeClient:
-    credentials = await admin.create_account()
-    for asset, amount in deposits.items():
-        await admin.deposit(credentials.account_id, asset, amount)
-    return admin.as_account(credentials)
 
 
 async def test_a_repeated_client_order_id_returns_the_first_order_and_enqueues_nothing(

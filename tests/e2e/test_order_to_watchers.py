@@ -11,22 +11,16 @@ from redis.asyncio.cluster import RedisCluster
 from services.common import keys
 from services.common.client import ExchangeClient
 from services.local.up import LocalExchange
+from tests.support.accounts import funded
 from tests.support.waiting import eventually
 from tests.support.watcher import BookWatcher
-
-
-async def funded_account(admin: ExchangeClient, **deposits: str) -> ExchangeClient:
-    credentials = await admin.create_account()
-    for asset, amount in deposits.items():
-        await admin.deposit(credentials.account_id, asset, amount)
-    return admin.as_account(credentials)
 
 
 async def test_a_crossing_order_reaches_watchers_on_both_gateways_in_order(
         stack: LocalExchange, admin: ExchangeClient) -> None:
     symbol = "BTC-USD"
-    seller = await funded_account(admin, BTC="1")
-    buyer = await funded_account(admin, USD="100000")
+    seller = await funded(admin, BTC="1")
+    buyer = await funded(admin, USD="100000")
     gateway_a, gateway_b = stack.ws_urls
     async with BookWatcher(gateway_a, symbol) as watch_a, \
             BookWatcher(gateway_b, symbol) as watch_b:

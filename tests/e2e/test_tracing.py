@@ -11,7 +11,6 @@ import asyncio
 import os
 import sys
 import threading
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -32,6 +31,7 @@ from services.common.tracing import (
     SpanRecord,
 )
 from services.local.up import LocalExchange
+from tests.support.accounts import trade_inside_the_spread
 from tests.support.waiting import eventually
 from tests.support.watcher import BookWatcher
 
@@ -41,13 +41,6 @@ SYMBOL = "ETH-USD"
 def trace_dir(stack: LocalExchange) -> Path:
     """Where the stack's processes write spans: what `exchange up` gives its children."""
     return Path(os.environ.get(TRACE_DIR_ENV) or stack.options.data_dir.resolve() / "traces")
-
-
-async def funded(admin: ExchangeClient, **deposits: str) -> ExchangeClient:
-    credentials = await admin.create_account()
-    for asset, amount in deposits.items():
-        await admin.deposit(credentials.account_id, asset, amount)
-    return admin.as_account(credentials)
 
 
 def ancestors(span: SpanRecord, spans: list[SpanRecord]) -> list[SpanRecord]:
@@ -69,18 +62,9 @@ def one(spans: list[SpanRecord], name: str) -> SpanRecord:
 async def test_a_crossing_order_is_one_trace_from_rest_through_engine_settlement_and_gateway(
         stack: LocalExchange, admin: ExchangeClient, capsys: pytest.CaptureFixture[str]) -> None:
     directory = trace_dir(stack)
-    seller = await funded(admin, ETH="1")
-    buyer = await funded(admin, USD="10000")
     async with BookWatcher(stack.ws_urls[0], SYMBOL) as watcher:
-        book = await admin.book(SYMBOL, depth=1)
-        # Inside the spread (other tests may leave orders), so ours trade with each other.
-        price = Decimal(book["asks"][0][0]) - Decimal("0.01") if book["asks"] else Decimal(3000)
-        px = f"{price:.2f}"
-        await seller.place_order(SYMBOL, "sell", px, "0.100")
-        await watcher.wait_for(lambda w: w.asks.get(px) == "0.100", what="the resting ask")
-        taker = await buyer.place_order(SYMBOL, "buy", px, "0.100")
-        order_id = taker["order_id"]
-        await watcher.wait_for(lambda w: any(t["px"] == px for t in w.trades), what="the trade")
+        cross = await trade_inside_the_spread(admin, watcher)
+    seller, buyer, order_id = cross.seller, cross.buyer, str(cross.taker["order_id"])
 
     wanted = {"POST /api/v1/orders", "order.validate", "order.hold", "order.enqueue",
               "engine.match", "engine.commit", "settlement.settle", "gateway.write"}

@@ -231,6 +231,26 @@ livenessProbe:
   failureThreshold: 3
 {{- end }}
 
+{{/* Metrics of the engines and settlement, which serve no other HTTP: the port as env and
+as a named container port (what the PodMonitor and the NetworkPolicy refer to). */}}
+{{- define "exchange.metrics.env" -}}
+- name: EXCHANGE_METRICS_PORT
+  value: {{ .Values.metrics.port | int | quote }}
+{{- end }}
+
+{{- define "exchange.metrics.port" -}}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+{{- end }}
+
+{{/* Pod annotations for a Prometheus that finds its targets by annotation rather than by
+ServiceMonitor/PodMonitor. Call with (list $ port). */}}
+{{- define "exchange.scrapeAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ index . 1 | int | quote }}
+prometheus.io/path: {{ (index . 0).Values.observability.serviceMonitor.path | quote }}
+{{- end }}
+
 {{/* Spread a component's pods over nodes: call with (dict "ctx" $ "component" "api"). */}}
 {{- define "exchange.spread" -}}
 affinity:

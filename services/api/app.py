@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal, DecimalException
 from importlib import resources
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.accounts import AccountStore
+from services.api.accounts import AccountStore, Transfer
 from services.api.auth import operator, signed_account
 from services.api.error_docs import document_errors
 from services.api.ops import ops_router
@@ -120,10 +121,10 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
     async def lifespan(app: FastAPI):
         redis = await connect(settings.redis_url)
         app.state.redis = redis
-        app.state.accounts = AccountStore(redis, markets, box, rate_per_s=settings.rate_per_s,
-                                          burst=settings.burst)
-        app.state.admit = redis.register_script(_ADMIT_LUA)
         app.state.durable = await DurableWriter.for_deployment(redis)
+        app.state.accounts = AccountStore(redis, markets, box, app.state.durable,
+                                          rate_per_s=settings.rate_per_s, burst=settings.burst)
+        app.state.admit = redis.register_script(_ADMIT_LUA)
         app.state.orders = OrderService(redis, markets, app.state.durable, settings.backlog)
         yield
         await app.state.durable.aclose()
@@ -386,22 +387,25 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
 
     @app.post("/api/v1/admin/withdrawals", tags=["operator"],
               dependencies=[Depends(operator)])
-    async def withdraw(request: Request, body: DepositRequest) -> dict[str, str]:
+    async def withdraw(request: Request, body: DepositRequest) -> dict[str, object]:
         """Take `amount` out of the account's available balance; held funds are never
-        touched (INSUFFICIENT_FUNDS if available is short)."""
-        asset = markets.asset(body.asset)
-        available = await request.app.state.accounts.withdraw(body.account_id, body.asset,
-                                                              body.amount)
-        return {"account_id": body.account_id, "asset": asset.symbol,
-                "available": asset.format(available)}
+        touched (INSUFFICIENT_FUNDS if available is short). Answered once a replica has
+        it; sent again with its `reference`, it is applied once (`applied: false`)."""
+        return await _transfer(request.app.state.accounts.withdraw, body)
 
     @app.post("/api/v1/admin/deposits", tags=["operator"], dependencies=[Depends(operator)])
-    async def deposit(request: Request, body: DepositRequest) -> dict[str, str]:
+    async def deposit(request: Request, body: DepositRequest) -> dict[str, object]:
+        """Credit `amount` to the account's available balance. Answered once a replica
+        has it; sent again with its `reference`, it is applied once (`applied: false`)."""
+        return await _transfer(request.app.state.accounts.deposit, body)
+
+    async def _transfer(apply: Callable[[str, str, str, str | None], Awaitable[Transfer]],
+                        body: DepositRequest) -> dict[str, object]:
         asset = markets.asset(body.asset)
-        available = await request.app.state.accounts.deposit(body.account_id, body.asset,
-                                                             body.amount)
+        done = await apply(body.account_id, asset.symbol, body.amount, body.reference)
         return {"account_id": body.account_id, "asset": asset.symbol,
-                "available": asset.format(available)}
+                "available": done.available, "reference": done.reference,
+                "applied": done.applied}
 
     document_errors(app)
     return app

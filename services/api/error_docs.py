@@ -57,12 +57,22 @@ _STORAGE = _response("UNAVAILABLE: the exchange's storage is not answering (e.g.
                      "failover); see Retry-After", "UNAVAILABLE",
                      "the exchange's storage is not answering; retry shortly")
 
+_REFERENCE_REUSED = _response(
+    "REFERENCE_REUSED: the transfer's reference already names another transfer of the "
+    "account; nothing was done", "REFERENCE_REUSED",
+    "this reference names another transfer of this account")
+_OPERATOR_UNAVAILABLE = _response(
+    "Try again shortly. Codes: NOT_DURABLE (a deposit or withdrawal a replica did not "
+    "confirm in time: its outcome is unknown; send it again with the same reference, which "
+    "applies it once), UNAVAILABLE (the exchange's storage is not answering; see "
+    "Retry-After)", "NOT_DURABLE", "the write was not confirmed by a replica in time")
+
 RESPONSES_BY_TAG: dict[str, dict[int | str, dict[str, Any]]] = {
     "public": {400: _BAD_REQUEST, 404: _NOT_FOUND, 503: _STORAGE},
     "trading": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 409: _HALTED,
                 413: _TOO_LARGE, 429: _RATE_LIMITED, 503: _UNAVAILABLE},
-    "operator": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND, 413: _TOO_LARGE,
-                 503: _STORAGE},
+    "operator": {400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND,
+                 409: _REFERENCE_REUSED, 413: _TOO_LARGE, 503: _OPERATOR_UNAVAILABLE},
 }
 
 

@@ -56,7 +56,8 @@ def page_router(settings: ApiSettings) -> APIRouter:
             funds = {}
             for symbol in state.markets.assets:
                 amount = DEMO_FUNDS.get(symbol, DEMO_OTHER)
-                await state.accounts.deposit(account.account_id, symbol, amount)
+                await state.accounts.deposit(account.account_id, symbol, amount,
+                                             f"demo-{symbol}")
                 funds[symbol] = amount
             return JSONResponse({"account_id": account.account_id, "api_key": account.api_key,
                                  "api_secret": account.api_secret, "deposited": funds},

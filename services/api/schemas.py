@@ -50,3 +50,8 @@ class DepositRequest(_Strict):
     account_id: StrictStr
     asset: StrictStr = Field(examples=["USD"])
     amount: StrictStr = Field(examples=["1000.00"])
+    # The operator's id of the transfer (a chain transaction, a bank reference): sent
+    # again, the transfer is applied once. Without one, each request is a new transfer.
+    reference: StrictStr | None = Field(default=None, max_length=128,
+                                        pattern=r"^[A-Za-z0-9_.:-]+$",
+                                        examples=["tx-8f3a1c"])

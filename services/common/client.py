@@ -76,10 +76,13 @@ class ExchangeClient:
         data = await self.call("POST", "/api/v1/admin/accounts", body, admin=True)
         return Credentials(data["account_id"], data["api_key"], data["api_secret"])
 
-    async def deposit(self, account_id: str, asset: str, amount: str) -> dict:
-        return await self.call("POST", "/api/v1/admin/deposits",
-                               {"account_id": account_id, "asset": asset, "amount": amount},
-                               admin=True)
+    async def deposit(self, account_id: str, asset: str, amount: str,
+                      reference: str | None = None) -> dict:
+        """Credit `amount`; with a `reference`, sending it again credits it once."""
+        body = {"account_id": account_id, "asset": asset, "amount": amount}
+        if reference is not None:
+            body["reference"] = reference
+        return await self.call("POST", "/api/v1/admin/deposits", body, admin=True)
 
     # ---- public -----------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ class AccountKeys:
     """Keys and the private update channel of one account, all in one slot."""
 
     __slots__ = ("account_id", "applied", "balances", "client_ids", "closed_orders", "fills",
-                 "open_orders", "profile", "tag", "unconfirmed", "updates", "updates_seq")
+                 "open_orders", "profile", "tag", "transfers", "unconfirmed", "updates",
+                 "updates_seq")
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -60,6 +61,9 @@ class AccountKeys:
         self.unconfirmed = f"{self.tag}:unconfirmed"
         self.updates = f"{self.tag}:updates"  # sharded channel of private updates
         self.updates_seq = f"{self.tag}:useq"  # seq of the last update published
+        # Operator deposits and withdrawals by reference -> "kind asset units" (hash):
+        # a transfer sent again with its reference is applied once.
+        self.transfers = f"{self.tag}:transfers"
 
     def order(self, order_id: str) -> str:
         """One order's record (hash)."""

@@ -10,13 +10,18 @@ once however often it was sent, and every acknowledgement is recorded for the ch
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from redis.asyncio.cluster import RedisCluster
 
 from services.common import keys
 from services.common.client import Credentials, ExchangeClient
@@ -33,6 +38,7 @@ from services.common.pairs import Pair
 from services.common.redis_conn import AnyRedis
 from services.engine.book import OrderBook
 from services.engine.runner import entry_time_ms
+from services.local.redis_cluster import LocalRedisCluster
 from services.local.up import LocalExchange
 
 RETRY_BUDGET_S = 30.0  # a bot gives up on an order after this long without an answer
@@ -230,3 +236,25 @@ def child_pids(exchange: LocalExchange) -> dict[str, int | None]:
 async def unconfirmed_orders(redis: AnyRedis, account_ids: list[str]) -> int:
     """Orders whose funds are held but that their engine has not seen yet."""
     return sum([await redis.zcard(keys.AccountKeys(a).unconfirmed) for a in account_ids])
+
+
+@asynccontextmanager
+async def replica_stalled(cluster: LocalRedisCluster, key: str) -> AsyncIterator[None]:
+    """The replica of `key`'s master is stopped (SIGSTOP) inside the block: replication to
+    it stalls, too briefly for a failover (< 2 s), so WAIT on that master times out."""
+    client = RedisCluster.from_url(cluster.url)
+    await client.initialize()
+    try:
+        master = client.get_node_from_key(key)
+        nodes = await client.cluster_nodes()  # {"host:port": {node_id, master_id, ...}}
+    finally:
+        await client.aclose()
+    master_id = nodes[f"{master.host}:{master.port}"]["node_id"]
+    port = next(int(address.rsplit(":", 1)[1]) for address, node in nodes.items()
+                if node["master_id"] == master_id)
+    replica = cluster.processes[port]
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)

@@ -110,6 +110,26 @@ class RequestMetrics:
             HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
 
 
+class BodyLimit:
+    """ASGI middleware: a declared body over MAX_BODY_BYTES (or a malformed length) gets
+    413 before anything reads it. Plain ASGI: Starlette's BaseHTTPMiddleware costs a task
+    and a stream per request, a tenth of an order's whole cost here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = next((value for name, value in scope["headers"]
+                           if name == b"content-length"), None)
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                response = _error("PAYLOAD_TOO_LARGE",
+                                  f"bodies are limited to {MAX_BODY_BYTES} bytes", 413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI:
     markets = markets or load_markets()
     box = SecretBox(settings.secrets_key) if settings.secrets_key else SecretBox.from_env()
@@ -134,6 +154,7 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
                   description="Public market data, signed trading and operator endpoints.")
     app.state.settings = settings
     app.state.markets = markets
+    app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetrics)
 
     @app.exception_handler(ExchangeError)
@@ -172,14 +193,6 @@ def create_app(settings: ApiSettings, markets: Markets | None = None) -> FastAPI
         code = {400: "INVALID_JSON", 404: "NOT_FOUND",
                 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return _error(code, str(exc.detail), exc.status_code)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error("PAYLOAD_TOO_LARGE", f"bodies are limited to {MAX_BODY_BYTES} bytes",
-                          413)
-        return await call_next(request)
 
     # ---- health and the page ----------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """OpenTelemetry in every service: one trace per order, from the REST request to the
 gateway's write of the update it caused.
 
-Setup. `setup_tracing(service)` installs, once per process, an SDK tracer provider:
+Setup. `setup_tracing(service)` installs, once per process, an SDK tracer provider if
+the spans go somewhere (otherwise OpenTelemetry's no-op API stays: FastAPI's request
+spans and the order spans cost next to nothing):
 its resource comes from the environment (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`;
 the service's own name when `OTEL_SERVICE_NAME` is not set), its sampler from
 `OTEL_TRACES_SAMPLER` (default: parent-based, always on; the API's sampler decides for
@@ -215,17 +217,18 @@ def _resource(service_name: str) -> Resource:
 
 def setup_tracing(service_name: str) -> trace.Tracer:
     """Install a tracer provider named for the service, with the exporters the
-    environment asks for (once per process; later calls reuse it)."""
+    environment asks for (once per process; later calls reuse it); none if it asks for
+    none."""
     global _exporting
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+    otlp, trace_dir = os.environ.get(OTLP_ENDPOINT_ENV), os.environ.get(TRACE_DIR_ENV)
+    if (otlp or trace_dir) and not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider(resource=_resource(service_name))
-        if os.environ.get(OTLP_ENDPOINT_ENV):
+        if otlp:
             # Imported only when used: it brings protobuf and requests with it.
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             _exporting = True
-        trace_dir = os.environ.get(TRACE_DIR_ENV)
         if trace_dir:
             name = str(provider.resource.attributes.get(SERVICE_NAME, service_name))
             name = name.replace(os.sep, "_")  # a file name, whatever OTEL_SERVICE_NAME holds

@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    NoScriptError,
     ReadOnlyError,
     RedisClusterException,
     TryAgainError,
@@ -49,8 +50,15 @@ RETRY_BUDGET_S = 10.0
 # Nothing was written: the node refused the command (MOVED and ASK are AskErrors) or the
 # cluster is between two masters. Sending it again is always safe.
 NOT_APPLIED = (AskError, ClusterDownError, TryAgainError, ReadOnlyError)
-# The connection broke or timed out: the command may or may not have been applied.
-UNCERTAIN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class ScriptsMissing(Exception):
+    """A master did not know a script of the pipeline (now loaded): send it again."""
+
+
+# The connection broke or timed out: the command may or may not have been applied; or
+# a script was missing, so the rest of the pipeline may have been.
+UNCERTAIN = (RedisConnectionError, RedisTimeoutError, OSError, ScriptsMissing)
 # Connection settings of the main client that the writer's own connections keep.
 _COPIED = ("username", "password", "credential_provider", "db", "client_name")
 CLOCK_MARGIN_MS = 1_000  # between our clock and the server's, when finding an entry
@@ -75,6 +83,7 @@ class DurableWriter:
         self.timeout_ms = timeout_ms
         self.retry_budget_s = retry_budget_s
         self._masters: dict[tuple[str, int], Redis] = {}
+        self._loaded: set[tuple[tuple[str, int], str]] = set()  # (master, script sha)
 
     @classmethod
     async def for_deployment(cls, redis: AnyRedis) -> DurableWriter:
@@ -91,7 +100,8 @@ class DurableWriter:
         info = await redis.info("replication")
         return cls(redis, 1 if int(info.get("connected_slaves", 0)) > 0 else 0)
 
-    def _client_for(self, key: str) -> Redis:
+    def _client_for(self, key: str) -> tuple[tuple[str, int], Redis]:
+        """The master that owns `key`'s slot: its address and this writer's client."""
         if is_cluster(self.redis):
             node = self.redis.get_node_from_key(key)
             address, settings = (node.host, node.port), self.redis.nodes_manager.connection_kwargs
@@ -106,7 +116,7 @@ class DurableWriter:
                 host=address[0], port=address[1], retry=Retry(NoBackoff(), 0),
                 socket_connect_timeout=1.0, socket_timeout=1.0 + self.timeout_ms / 1000,
                 **{k: v for k, v in settings.items() if k in _COPIED or k.startswith("ssl")})
-        return client
+        return address, client
 
     async def run(self, key: str, queue: Callable[[Pipeline], Any]) -> list[Any]:
         """Send what `queue` adds to a pipeline on `key`'s master, then WAIT; returns
@@ -142,9 +152,17 @@ class DurableWriter:
 
     async def _attempt(self, key: str, queue: Callable[[Pipeline], Any],
                        uncertain: tuple[int, int] | None) -> list[Any]:
-        client = self._client_for(key)
+        address, client = self._client_for(key)
         pipe = client.pipeline(transaction=False)
         await queue(pipe)
+        # redis-py asks SCRIPT EXISTS before every pipeline that runs a script: a round
+        # trip per write. Each master gets each script loaded once instead, and again if
+        # it answers NOSCRIPT (a promoted replica, a restarted node).
+        scripts, pipe.scripts = pipe.scripts, set()
+        for script in scripts:
+            if (address, script.sha) not in self._loaded:
+                await client.script_load(script.script)
+                self._loaded.add((address, script.sha))
         landed: dict[int, bytes] = {}  # index in the pipeline -> id of the entry found
         if uncertain is not None:
             landed = await self._find_appends(client, pipe, *uncertain)
@@ -155,7 +173,12 @@ class DurableWriter:
             # An entry found came to this master by replication from the one that took
             # it; WAIT covers what this connection writes (nothing, if all was found).
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-        results = list(await pipe.execute())
+        try:
+            results = list(await pipe.execute())
+        except NoScriptError:
+            self._loaded -= {(address, script.sha) for script in scripts}
+            # Nothing of the script ran; an append beside it may have: as after a break.
+            raise ScriptsMissing() from None
         if self.replicas and results.pop() < self.replicas:
             raise NotReplicated()
         sent = iter(results)

@@ -41,7 +41,7 @@ test: $(INSTALLED) $(NPM_STAMP) chromium prometheus
 
 # `make bench` runs every benchmark, `make bench BENCH=engine_book` one; each prints its
 # figures and writes bench/results/<name>.json.
-BENCHES := engine_book engine_redis e2e_latency wait_cost ws_fanout
+BENCHES := engine_book engine_redis e2e_latency wait_cost ws_fanout scaling rest_capacity plots
 bench: $(INSTALLED)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	for name in $(or $(BENCH),$(BENCHES)); do $(PY) bench/$$name.py || exit 1; done

@@ -26,12 +26,19 @@ import json
 import os
 import platform
 import random
+import secrets
 import statistics
-from collections.abc import Coroutine, Sequence
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sortedcontainers import SortedList
 
 RESULTS = Path(__file__).parent / "results"
@@ -232,3 +239,233 @@ def run_on_uvloop(main: Coroutine[Any, Any, dict[str, object]]) -> dict[str, obj
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+# ---- the whole exchange, for the end-to-end benchmarks --------------------------------
+# (e2e_latency, rest_capacity, scaling). Imports of bench-only packages (aiohttp) stay
+# inside the helpers, so the engine benchmarks import this module without them.
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    one, five, fifteen = os.getloadavg()
+    return round(one, 2), round(five, 2), round(fifteen, 2)
+
+
+def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
+    """n, p50, p90, p99, max and mean of latencies in ms (nearest rank), rounded to µs."""
+    if not samples_ms:
+        return {"n": 0}
+    return {"n": len(samples_ms),
+            "p50_ms": round(percentile(samples_ms, 0.50), 3),
+            "p90_ms": round(percentile(samples_ms, 0.90), 3),
+            "p99_ms": round(percentile(samples_ms, 0.99), 3),
+            "max_ms": round(max(samples_ms), 3),
+            "mean_ms": round(statistics.fmean(samples_ms), 3)}
+
+
+def write_report(name: str, report: dict[str, Any]) -> Path:
+    """bench/results/<name>.json for benchmarks whose figures nest (one entry per rate
+    or per pair count); the headline figures stay at the top level."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block: processes started in it inherit them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextmanager
+def running_exchange(root: Path, env: dict[str, str] | None = None, gateways: int = 1,
+                     ) -> Iterator[tuple[Any, Any]]:
+    """(cluster, exchange): a 6-node local Redis Cluster (3 masters, AOF everysec, as
+    `exchange up` runs it) and the exchange's real processes on it, as `make up` starts
+    them (`LocalExchange`): an engine per pair, settlement, the API, `gateways` gateway
+    processes each on its own port; no standby engines and no simulated market, so
+    nothing but the benchmark's load runs. `env` reaches every child process."""
+    from services.local.redis_cluster import ClusterSpec, LocalRedisCluster, free_ports
+    from services.local.up import LocalExchange, UpOptions
+
+    with LocalRedisCluster(ClusterSpec(root / "redis", tuple(free_ports(6)))) as cluster, \
+            environment(env or {}):
+        api_port, *gateway_ports = free_ports(1 + gateways)
+        options = UpOptions(data_dir=root / "exchange", redis_url=cluster.url,
+                            api_port=api_port, gateway_ports=tuple(gateway_ports), standbys=0,
+                            simulate_rate=0, admin_token=secrets.token_urlsafe(16),
+                            log_dir=root / "logs")
+        with LocalExchange(options) as exchange:
+            yield cluster, exchange
+
+
+def child_pid(exchange: Any, name: str) -> int:
+    """The pid of one of the exchange's processes, by its name (`api`, `gateway-1`,
+    `engine[BTC-USD]#1`, `settlement`)."""
+    for child in exchange.children:
+        if child.name == name and child.process is not None:
+            return int(child.process.pid)
+    raise KeyError(name)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores together have spent busy since boot (Linux /proc/stat).
+    Over a run, less what our own processes used (`cpu_seconds`), it is what the rest
+    of a shared machine took meanwhile."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OrderEntry:
+    """Signed order entry over one keep-alive connection pool (aiohttp: a lighter client
+    than httpx, so the load generator is less often the limit), each request signed as
+    API.md says. `place` returns (HTTP status, decoded body); `traceparent` sends a W3C
+    trace context, which the API's parent-based sampler follows."""
+
+    def __init__(self, base_url: str, connections: int) -> None:
+        self.base_url = base_url
+        self.connections = connections
+        self.session: Any = None
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder().decode
+
+    async def __aenter__(self) -> OrderEntry:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            self.base_url, connector=aiohttp.TCPConnector(limit=self.connections),
+            timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def place(self, credentials: Any, body: dict[str, Any],
+                    traceparent: str | None = None, path_prefix: str = "",
+                    ) -> tuple[int, Any]:
+        from services.common.signing import sign
+
+        content = self._encode(body)
+        ts = time.time_ns() // 1_000_000
+        headers = {"content-type": "application/json", "X-API-KEY": credentials.api_key,
+                   "X-API-TIMESTAMP": str(ts),
+                   "X-API-SIGNATURE": sign(credentials.api_secret, ts, "POST",
+                                           "/api/v1/orders", content)}
+        if traceparent:
+            headers["traceparent"] = traceparent
+        async with self.session.post(path_prefix + "/api/v1/orders", data=content,
+                                     headers=headers) as response:
+            raw = await response.read()
+            if response.content_type != "application/json":
+                return response.status, raw  # e.g. a proxy's or server's error page
+            return response.status, self._decode(raw)
+
+
+async def funded_accounts(admin: Any, count: int, deposits: dict[str, str]) -> list[Any]:
+    """`count` new accounts (Credentials) with no practical request rate limit, each
+    given `deposits` (asset -> amount)."""
+    accounts = []
+    for _ in range(count):
+        credentials = await admin.create_account(100_000, 1_000_000)
+        for asset, amount in deposits.items():
+            await admin.deposit(credentials.account_id, asset, amount)
+        accounts.append(credentials)
+    return accounts
+
+
+# ---- profiles ---------------------------------------------------------------------------
+
+
+def py_spy_record(pid: int, seconds: int, out: Path, rate: int = 200) -> subprocess.Popen:
+    """Start sampling a running process with py-spy (a bench requirement) for `seconds`,
+    without pausing it (`--nonblocking`), into `out` (collapsed stacks); wait() on the
+    returned process before reading it."""
+    exe = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(exe), "record", "--pid", str(pid), "--duration", str(seconds), "--rate",
+         str(rate), "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _frame_name(frame: str) -> str:
+    """`func (path:line)` -> `func (module/path)`, shortened to what names the code."""
+    func, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", str(ROOT) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{func} ({path})" if path else func
+
+
+def _package(name: str) -> str:
+    """What a frame belongs to: `services/<service>` for our code, else the top-level
+    package or stdlib module its file is in."""
+    path = name.rpartition(" (")[2].rstrip(")")
+    parts = path.split("/")
+    if parts[0] == "services" and len(parts) > 2:
+        return "/".join(parts[:2])
+    return parts[0].removesuffix(".py") or "?"
+
+
+def profile_summary(raw: Path, top: int = 12) -> dict[str, Any]:
+    """From py-spy's collapsed stacks: busy samples; the share of them spent in each
+    package's own code (`packages`); the functions with the most samples in themselves
+    (`self`) and anywhere below them (`total`, leaving out the frames nearly every
+    sample passes through: the event loop, the server's main). Shares are of the busy
+    samples: idle time (waiting in the event loop's poll) is not sampled."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        own[frames[-1]] += count
+        packages[_package(frames[-1])] += count
+        for name in set(frames):
+            inclusive[name] += count
+    if not samples:
+        return {"samples": 0, "packages": [], "self": [], "total": []}
+
+    def share(n: int) -> float:
+        return round(n / samples, 3)
+
+    return {"samples": samples,
+            "packages": [[name, share(n)] for name, n in packages.most_common(top)],
+            "self": [[name, share(n)] for name, n in own.most_common(top)],
+            "total": [[name, share(n)] for name, n in inclusive.most_common()
+                      if n < 0.9 * samples and "(<module>" not in name][:top]}
+
+
+def format_profile(title: str, summary: dict[str, Any]) -> str:
+    lines = [f"{title}: {summary['samples']} busy samples", "  own time by package:"]
+    lines += [f"    {share:6.1%}  {name}" for name, share in summary["packages"]]
+    lines.append("  most time in the function itself:")
+    lines += [f"    {share:6.1%}  {name}" for name, share in summary["self"]]
+    lines.append("  most time in the function and what it calls:")
+    lines += [f"    {share:6.1%}  {name}" for name, share in summary["total"]]
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -82,10 +83,27 @@ class GatewayStatus:
 
 
 class _GatewayCollector(Collector):
+    """The gateway's state at each scrape. Read on the gateway's event loop: a scrape
+    from the metrics port's thread must not walk the watchers while the loop changes
+    them."""
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.loop: asyncio.AbstractEventLoop | None = None  # the gateway's, once started
+        self.loop_thread = 0
+
+    def started(self) -> None:
+        self.loop, self.loop_thread = asyncio.get_running_loop(), threading.get_ident()
 
     def collect(self) -> Iterable[Metric]:
+        if self.loop is None or threading.get_ident() == self.loop_thread:
+            return self._families()
+        return asyncio.run_coroutine_threadsafe(self._read(), self.loop).result(timeout=5)
+
+    async def _read(self) -> list[Metric]:
+        return self._families()
+
+    def _families(self) -> list[Metric]:
         status = self.gateway.status()
         outbox = self.gateway._outbox
         frames_out, bytes_out = (outbox.frames_out, outbox.bytes_out) if outbox else (0, 0)
@@ -124,7 +142,8 @@ class Gateway:
         self._reporter: asyncio.Task[None] | None = None
         self._report_id = ""
         # This gateway's state, read at each scrape: nothing to keep up to date.
-        self.metrics = process_registry(_GatewayCollector(self))
+        self._collector = _GatewayCollector(self)
+        self.metrics = process_registry(self._collector)
         self._rate_limited = frames.reply(None, None, ExchangeError(
             "RATE_LIMITED", f"more than {settings.frames_per_s:g} frames per second (burst "
             f"{settings.frames_burst}): frame ignored"))
@@ -146,6 +165,7 @@ class Gateway:
     async def start(self) -> None:
         """Connect to Redis and start listening."""
         box = self._secret_box()  # a bad key fails here, before anything is opened
+        self._collector.started()
         self.redis = await connect(self.settings.redis_url)
         self.subscriber = ShardedSubscriber(self.redis)
         self.hub = MarketHub(self.redis, self.subscriber, self.markets)

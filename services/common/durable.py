@@ -12,6 +12,11 @@ a time budget runs out. Sending again must never write twice. The scripts sent h
 idempotent by design (a hold finds its own order record); a stream append is not, so
 after an attempt that may have reached the server (the connection broke mid-way), the
 entry is first looked for in the stream and only appended if it is not there.
+
+Group commit: the first attempts of writes to one master made in the same pass of the
+event loop go down in one pipeline under one WAIT, so concurrent orders share the
+replication round trip; each keeps its own outcome (an error reply fails only its write)
+and, if it must be sent again, is sent again alone.
 """
 
 from __future__ import annotations
@@ -75,6 +80,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _settle(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseException) -> None:
+    """Give a grouped write its outcome, unless its caller stopped waiting."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class DurableWriter:
     def __init__(self, redis: AnyRedis, replicas: int, timeout_ms: int = WAIT_TIMEOUT_MS,
                  retry_budget_s: float = RETRY_BUDGET_S) -> None:
@@ -84,6 +99,10 @@ class DurableWriter:
         self.retry_budget_s = retry_budget_s
         self._masters: dict[tuple[str, int], Redis] = {}
         self._loaded: set[tuple[tuple[str, int], str]] = set()  # (master, script sha)
+        # First attempts waiting for this loop pass's pipeline to their master.
+        self._groups: dict[tuple[str, int],
+                           list[tuple[Callable[[Pipeline], Any], asyncio.Future[list[Any]]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def for_deployment(cls, redis: AnyRedis) -> DurableWriter:
@@ -153,16 +172,11 @@ class DurableWriter:
     async def _attempt(self, key: str, queue: Callable[[Pipeline], Any],
                        uncertain: tuple[int, int] | None) -> list[Any]:
         address, client = self._client_for(key)
+        if uncertain is None:
+            return await self._grouped(address, client, queue)
         pipe = client.pipeline(transaction=False)
         await queue(pipe)
-        # redis-py asks SCRIPT EXISTS before every pipeline that runs a script: a round
-        # trip per write. Each master gets each script loaded once instead, and again if
-        # it answers NOSCRIPT (a promoted replica, a restarted node).
-        scripts, pipe.scripts = pipe.scripts, set()
-        for script in scripts:
-            if (address, script.sha) not in self._loaded:
-                await client.script_load(script.script)
-                self._loaded.add((address, script.sha))
+        scripts = await self._load_scripts(address, client, pipe)
         landed: dict[int, bytes] = {}  # index in the pipeline -> id of the entry found
         if uncertain is not None:
             landed = await self._find_appends(client, pipe, *uncertain)
@@ -183,6 +197,82 @@ class DurableWriter:
             raise NotReplicated()
         sent = iter(results)
         return [landed[i] if i in landed else next(sent) for i in range(queued)]
+
+    async def _load_scripts(self, address: tuple[str, int], client: Redis,
+                            pipe: Pipeline) -> set[Any]:
+        """redis-py asks SCRIPT EXISTS before every pipeline that runs a script: a round
+        trip per write. Each master gets each script loaded once instead, and again if
+        it answers NOSCRIPT (a promoted replica, a restarted node)."""
+        scripts, pipe.scripts = pipe.scripts, set()
+        for script in scripts:
+            if (address, script.sha) not in self._loaded:
+                await client.script_load(script.script)
+                self._loaded.add((address, script.sha))
+        return scripts
+
+    async def _grouped(self, address: tuple[str, int], client: Redis,
+                       queue: Callable[[Pipeline], Any]) -> list[Any]:
+        """A write's first attempt, sent with every other first attempt for the same
+        master from this pass of the event loop: one pipeline, one WAIT (group commit).
+        Concurrent orders then share the replication round trip instead of each paying
+        it. Any failure is each write's own to retry (run() sends it again alone)."""
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(address)
+        if group is None:
+            group = self._groups[address] = []
+            loop.call_soon(self._send_group, address, client)
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        group.append((queue, future))
+        return await future
+
+    def _send_group(self, address: tuple[str, int], client: Redis) -> None:
+        group = self._groups.pop(address)
+        task = asyncio.create_task(self._send(address, client, group))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, address: tuple[str, int], client: Redis,
+                    group: list[tuple[Callable[[Pipeline], Any], asyncio.Future[list[Any]]]]
+                    ) -> None:
+        pipe = client.pipeline(transaction=False)
+        members: list[tuple[int, int, asyncio.Future[list[Any]]]] = []
+        for queue, future in group:
+            start = len(pipe.command_stack)
+            try:
+                await queue(pipe)
+            except Exception as exc:  # its own fault: the others go on
+                del pipe.command_stack[start:]
+                _settle(future, exc)
+                continue
+            members.append((start, len(pipe.command_stack), future))
+        if not members:
+            return
+        try:
+            scripts = await self._load_scripts(address, client, pipe)
+            if self.replicas:
+                pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            # Each write's errors are its own: an error reply fails that write alone.
+            results = list(await pipe.execute(raise_on_error=False))
+        except Exception as exc:  # the connection: every write's outcome is unknown
+            for _, _, future in members:
+                _settle(future, exc)
+            return
+        replicated = True
+        if self.replicas:
+            acked = results.pop()
+            replicated = not isinstance(acked, Exception) and acked >= self.replicas
+        for start, end, future in members:
+            mine = results[start:end]
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            if isinstance(error, NoScriptError):
+                self._loaded -= {(address, script.sha) for script in scripts}
+                _settle(future, ScriptsMissing())
+            elif error is not None:
+                _settle(future, error)
+            elif not replicated:
+                _settle(future, NotReplicated())
+            else:
+                _settle(future, mine)
 
     @staticmethod
     async def _find_appends(client: Redis, pipe: Pipeline, since_ms: int,

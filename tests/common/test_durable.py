@@ -1,11 +1,15 @@
-"""The durable writer's scripts: loaded once per master, not checked before every write,
-and loaded again when a master has lost them (a promoted replica, a restart)."""
+"""The durable writer: its scripts loaded once per master, not checked before every
+write, and loaded again when a master has lost them (a promoted replica, a restart);
+concurrent writes to one master share one WAIT (group commit)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from services.common.durable import DurableWriter
 from services.common.redis_conn import connect
@@ -47,3 +51,32 @@ async def test_a_script_is_loaded_once_and_again_only_when_the_master_lost_it(
         finally:
             await writer.aclose()
             await redis.aclose()
+
+
+async def test_concurrent_writes_to_one_master_share_one_wait_and_keep_their_outcomes(
+        redis_cluster) -> None:
+    redis = await connect(redis_cluster.url)
+    writer = DurableWriter(redis, replicas=1)
+    script = redis.register_script(CREDIT_ONCE)
+    node = redis.get_node_from_key("{group}:balance")
+    master = Redis(host=node.host, port=node.port)
+    try:
+        async def credit(reference: str, amount: int | str) -> list:
+            async def queue(pipe: Pipeline) -> None:
+                await script(keys=["{group}:balance", "{group}:references"],
+                             args=[reference, amount], client=pipe)
+            return await writer.run("{group}:balance", queue)
+
+        waits = await calls(master, "wait")
+        outcomes = await asyncio.gather(
+            *(credit(f"g{i}", 1) for i in range(50)),
+            credit("bad", "not a number"),  # an error reply fails this write alone
+            return_exceptions=True)
+        assert await calls(master, "wait") - waits < 5  # not one per write
+        assert isinstance(outcomes[-1], ResponseError)
+        assert sorted(result[0] for result in outcomes[:-1]) == list(range(1, 51))
+        assert int(await redis.hget("{group}:balance", "avail")) == 50
+    finally:
+        await master.aclose()
+        await writer.aclose()
+        await redis.aclose()

@@ -19,8 +19,9 @@ TimeInForce = Literal["GTC", "IOC", "FOK"]
 StpMode = Literal["none", "cancel_newest", "cancel_oldest", "cancel_both"]
 
 
-class _Message(msgspec.Struct, frozen=True, tag_field="k", omit_defaults=True):
-    pass
+class _Message(msgspec.Struct, frozen=True, tag_field="k", omit_defaults=True, gc=False):
+    """Commands and events. gc=False: they hold only strings, numbers and flags, so they
+    can form no reference cycle, and the collector need not track the millions made."""
 
 
 # ---- commands (API -> engine) -------------------------------------------------------

@@ -8,12 +8,32 @@ Order types: limit (GTC / IOC / FOK, optionally post-only), market (by quantity,
 for buys by a quote budget) bounded by a price band, stop-market and stop-limit
 triggered by the last trade price. Self-trade prevention is decided by the incoming
 order. Integers only: prices in ticks, quantities in lots, budgets in tick*lot units.
+
+How it is made fast (bench/engine_book.py measures it). The engine's throughput is
+this module's, and in CPython the cost is mostly the number of bytecodes run per
+command, and then memory: the remembered order ids are a large set, one cache miss per
+look-up. So:
+- the commands that make up nearly all traffic - a plain limit or market order (no
+  post-only, budget, stop, self-trade prevention or FOK) and the cancel of a resting
+  order - run inline in `apply_batch`; everything else goes through ordinary methods
+  (`_place_other`, `_execute`, `_match`, ...), which are simpler and slower;
+- `apply_batch` keeps the event sequence in a local and writes it back to
+  `self.last_seq` before calling one of those methods, reading it again after (the
+  lines marked `_sync`);
+- rare cases sit in short blocks right after the test that picks them, so hot tests
+  jump a short way and keep their specialised fast form in CPython 3.11;
+- a plain taker matches inline too, in a loop where each fill ends the taker or the
+  maker; self-trade prevention, budgets and FOK take the general `_match`;
+- a batch's placement ids are checked against the remembered ones together, in C loops
+  whose cache misses overlap, instead of one by one.
+The general methods are the reference the fast paths must agree with, event for event
+(tests/engine/test_book.py checks both against a small model).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection
 from heapq import heapify, heappop, heappush
 
 import msgspec
@@ -43,6 +63,8 @@ DEFAULT_BAND_BPS = 500  # market orders fill within 5 % of the reference price
 # repeat is the same command delivered twice): the last 1-2 generations of this many.
 # Bounded, and kept in snapshots so a replay remembers exactly what the original run did.
 REMEMBERED_IDS = 200_000
+# A level's queue is compacted when it holds this many dead entries and more dead than live.
+COMPACT_DEAD = 32
 
 
 class RestingOrder(msgspec.Struct, gc=False):
@@ -54,29 +76,35 @@ class RestingOrder(msgspec.Struct, gc=False):
     side: str
     price: int
     qty: int  # total quantity, as amended
-    remaining: int  # 0 once it has left the book
+    remaining: int  # 0 once cancelled: a dead entry, left in its level's queue
     post_only: bool
-    arrival: int = 0  # set when it rests: cancel-all goes oldest first
+    # Orders that rest or wait earlier have a smaller arrival: the seq of the last event
+    # before the order went in (each rest follows an event of its own, so they differ).
+    # Cancel-all goes oldest first by it, and stops trigger in arrival order.
+    arrival: int = 0
 
 
-class Level:
-    """Orders at one price in arrival order.
+class Level(deque[RestingOrder]):
+    """Orders at one price in arrival order: the queue itself, so reading its front is
+    one C-level index.
 
     A cancelled order is not searched for in the queue: its `remaining` drops to 0 and it
     stays, dead, until it reaches the front (or the queue is compacted). So a cancel is
-    O(1) and the front of the queue is a C-level deque read.
+    O(1).
     """
 
-    __slots__ = ("dead", "orders", "total")
+    __slots__ = ("dead", "total")
 
-    def __init__(self) -> None:
-        self.orders: deque[RestingOrder] = deque()
-        self.total = 0  # lots of the live orders; 0 = the level is empty
-        self.dead = 0  # dead entries in `orders`
+    # Both set by OrderBook._add_level, the one place levels are made: an __init__ in
+    # Python (calling deque's) would cost more than all the rest of making a level.
+    total: int  # lots of the live orders; 0 = the level is empty
+    dead: int  # dead entries in the queue
 
-
-# A level's queue is compacted when it holds this many dead entries and more dead than live.
-COMPACT_DEAD = 32
+    def compact(self) -> None:
+        live = [order for order in self if order.remaining]
+        self.clear()
+        self.extend(live)
+        self.dead = 0
 
 
 class OrderBook:
@@ -96,14 +124,12 @@ class OrderBook:
         # lowest trigger up, sell stops from the highest down; then by arrival.
         self._buy_stops: SortedList = SortedList()  # (stop_price, arrival, order_id)
         self._sell_stops: SortedList = SortedList()  # (-stop_price, arrival, order_id)
-        self._arrivals = 0
         self._triggered: deque[str] = deque()
         # Two generations of placed ids: sets, not an ordered dict, since a set is the
         # cheapest membership test and a whole generation is forgotten at once.
         self.seen_recent: set[str] = set()
         self.seen_older: set[str] = set()
-        # Best prices, cached: looking them up in the sorted dicts costs more than keeping
-        # them right where levels appear and disappear.
+        # Best prices, cached: kept right where levels appear and disappear.
         self.best_bid: int | None = None
         self.best_ask: int | None = None
         self.last_price: int | None = None
@@ -121,24 +147,218 @@ class OrderBook:
         """Apply one command stamped with time `ts` (ms) and return its events in order."""
         return self.apply_batch(((command, ts),))
 
-    def apply_batch(self, commands: Iterable[tuple[Command, int]]) -> list[Event]:
+    def apply_batch(self, commands: Collection[tuple[Command, int]]) -> list[Event]:
         """Apply (command, ts) pairs in order and return all their events in order: what
-        the engine does with a batch of inputs, without a call and a list per command."""
+        the engine does with a batch of inputs, without a call and a list per command.
+
+        Plain limit and market orders and the cancel of a resting order are handled
+        right here (see the module docstring); every other case calls the general
+        methods, handing them the event sequence (`_sync`) and taking it back."""
         self._events = events = []
-        place, cancel, triggered = self._place, self._cancel, self._triggered
+        orders, bids, asks = self.orders, self.bids, self.asks
+        changed_bids, changed_asks = self._changed_bids, self._changed_asks
+        # Duplicate placements: the batch's ids are looked up in the remembered ones all
+        # at once, by C loops whose memory accesses overlap (the sets are large, so each
+        # look-up is likely a cache miss; one at a time in the loop below they add up).
+        # When none is remembered or repeated and the batch cannot fill the current
+        # generation, they are remembered at once and the loop skips its own check.
+        seen, older = self.seen_recent, self.seen_older
+        remember = seen.add
+        may_fill = len(seen) + len(commands) >= REMEMBERED_IDS
+        ids = [c.order_id for c, _ in commands if type(c) is PlaceOrder]
+        fresh = not may_fill and older.isdisjoint(ids) and seen.isdisjoint(ids)
+        if fresh:
+            count = len(seen)
+            seen.update(ids)
+            if len(seen) - count != len(ids):  # an id repeated within the batch
+                seen.difference_update(ids)
+                fresh = False
+        triggered, stops = self._triggered, self.stops
+        seq = self.last_seq
         for command, ts in commands:
-            self._ts = ts
-            kind = type(command)
-            if kind is PlaceOrder:
-                place(command)  # type: ignore[arg-type]
-            elif kind is CancelOrder:
-                cancel(command)  # type: ignore[arg-type]
-            elif kind is AmendOrder:
-                self._amend(command)  # type: ignore[arg-type]
+            if type(command) is PlaceOrder:
+                order_id = command.order_id
+                if not fresh:
+                    if order_id in seen or order_id in older:
+                        seq += 1
+                        events.append(DuplicateIgnored(seq, ts, order_id, command.account_id))
+                        continue
+                    remember(order_id)
+                    if may_fill and len(seen) >= REMEMBERED_IDS:
+                        self.seen_older = older = seen
+                        self.seen_recent = seen = set()
+                        remember = seen.add
+                price, qty = command.price, command.qty
+                if qty <= 0 or command.post_only or command.quote_qty or command.stop_price or (
+                        price <= 0 if command.type == "limit"
+                        else price or command.type != "market"):
+                    # Any other placement: validated and run the general way.
+                    self.last_seq, self._ts = seq, ts  # _sync
+                    self._place_other(command)
+                    while triggered:
+                        self._fire(triggered.popleft())
+                    seq = self.last_seq
+                    continue
+                # A plain limit or market order, valid as it stands.
+                account_id, side, tif = command.account_id, command.side, command.tif
+                seq += 1
+                if price:
+                    events.append(OrderAccepted(seq, ts, order_id, account_id, side, "limit",
+                                                price, qty, tif))
+                    # It rests at once unless it can trade or must not rest: the commonest
+                    # command of all.
+                    if side == "buy":
+                        best = self.best_ask
+                        if tif == "GTC" and (best is None or best > price):
+                            order = RestingOrder(order_id, account_id, side, price, qty, qty,
+                                                 False, seq)
+                            orders[order_id] = order
+                            level = bids.get(price)
+                            if level is None:
+                                level = self._add_level(True, price)
+                            level.append(order)
+                            changed_bids[price] = level.total = level.total + qty
+                            continue
+                    else:
+                        best = self.best_bid
+                        if tif == "GTC" and (best is None or best < price):
+                            order = RestingOrder(order_id, account_id, side, price, qty, qty,
+                                                 False, seq)
+                            orders[order_id] = order
+                            level = asks.get(price)
+                            if level is None:
+                                level = self._add_level(False, price)
+                            level.append(order)
+                            changed_asks[price] = level.total = level.total + qty
+                            continue
+                    limit = price
+                else:
+                    events.append(OrderAccepted(seq, ts, order_id, account_id, side, "market",
+                                                0, qty, tif))
+                    # The worst price it may fill at (as in _band_limit, inline).
+                    limit = self.last_price
+                    if limit is None:
+                        limit = self.best_ask if side == "buy" else self.best_bid
+                    if limit is not None:
+                        band = limit * self.band_bps // 10_000
+                        limit = limit + band if side == "buy" else limit - band
+                if tif == "FOK" or limit is None or command.stp != "none":
+                    self.last_seq, self._ts = seq, ts  # _sync
+                    self._execute(command, qty)  # the general way
+                    while triggered:
+                        self._fire(triggered.popleft())
+                    seq = self.last_seq
+                    continue
+                # A plain taker, matched right here: the engine's hottest loop. Each fill
+                # ends the taker or the maker, so a trade is a few local updates and one
+                # event (the general way, with self-trade prevention and budgets, is
+                # `_match`).
+                if side == "buy":
+                    buying, levels, changed = True, asks, changed_asks
+                else:
+                    buying, levels, changed = False, bids, changed_bids
+                trade_id = self.last_trade_id
+                left = qty
+                while True:
+                    best = self.best_ask if buying else self.best_bid
+                    if best is None or ((best > limit) if buying else (best < limit)):
+                        break
+                    level = levels[best]
+                    wanted = left
+                    while level:
+                        maker = level[0]
+                        have = maker.remaining
+                        if not have:  # cancelled earlier, left in the queue
+                            level.popleft()
+                            level.dead -= 1
+                            continue
+                        trade_id += 1
+                        seq += 1
+                        if have > left:
+                            maker.remaining = have - left
+                            events.append(Trade(seq, ts, trade_id, best, left, side,
+                                                maker.order_id, maker.account_id, order_id,
+                                                account_id, False, True))
+                            left = 0
+                            break
+                        # The maker is done and leaves the book (nothing refers to it now).
+                        left -= have
+                        level.popleft()
+                        del orders[maker.order_id]
+                        events.append(Trade(seq, ts, trade_id, best, have, side,
+                                            maker.order_id, maker.account_id, order_id,
+                                            account_id, True, not left))
+                        if not left:
+                            break
+                    # Stops see every price traded at; one look per level is enough: its
+                    # trades are all at one price, and triggered stops fire afterwards.
+                    self.last_price = best
+                    if stops:
+                        self._collect_triggers(best)
+                    changed[best] = level.total = total = level.total - (wanted - left)
+                    if not total:
+                        self._drop_level(buying, best)
+                    if not left:
+                        break
+                self.last_trade_id = trade_id
+                if left:
+                    if not price:
+                        seq += 1
+                        events.append(OrderExpired(
+                            seq, ts, order_id, account_id, left,
+                            "no_liquidity" if best is None else "price_band"))
+                    elif tif == "GTC":
+                        self._enqueue(RestingOrder(order_id, account_id, side, price, qty,
+                                                   left, False, seq))
+                    else:
+                        seq += 1
+                        events.append(OrderExpired(seq, ts, order_id, account_id, left,
+                                                   "ioc_remainder"))
+                if triggered:
+                    self.last_seq, self._ts = seq, ts  # _sync
+                    while triggered:
+                        self._fire(triggered.popleft())
+                    seq = self.last_seq
+            elif type(command) is CancelOrder:
+                order_id = command.order_id
+                order = orders.get(order_id)
+                if order is None or order.account_id != command.account_id:
+                    self.last_seq, self._ts = seq, ts  # _sync
+                    self._cancel(command)  # a waiting stop, or nothing to cancel
+                    seq = self.last_seq
+                    continue
+                # The cancel of a resting order: a quarter of all commands.
+                del orders[order_id]
+                price, remaining = order.price, order.remaining
+                order.remaining = 0
+                seq += 1
+                events.append(OrderCancelled(seq, ts, order_id, order.account_id, remaining,
+                                             "user"))
+                if order.side == "buy":
+                    level = bids[price]
+                    changed_bids[price] = level.total = total = level.total - remaining
+                    if not total:
+                        self._drop_level(False, price)
+                        continue
+                else:
+                    level = asks[price]
+                    changed_asks[price] = level.total = total = level.total - remaining
+                    if not total:
+                        self._drop_level(True, price)
+                        continue
+                level.dead = dead = level.dead + 1
+                if dead > COMPACT_DEAD and 2 * dead > len(level):
+                    level.compact()
             else:
-                self._cancel_all(command)  # type: ignore[arg-type]
-            while triggered:
-                self._fire(triggered.popleft())
+                self.last_seq, self._ts = seq, ts  # _sync
+                if type(command) is AmendOrder:
+                    self._amend(command)
+                else:
+                    self._cancel_all(command)  # type: ignore[arg-type]
+                while triggered:
+                    self._fire(triggered.popleft())
+                seq = self.last_seq
+        self.last_seq = seq
         return events
 
     def _seq(self) -> int:
@@ -153,48 +373,9 @@ class OrderBook:
         self._events.append(OrderExpired(self._seq(), self._ts, order_id, account_id, remaining,
                                          reason))  # type: ignore[arg-type]
 
-    def _place(self, cmd: PlaceOrder) -> None:
-        order_id = cmd.order_id
-        seen = self.seen_recent
-        if order_id in seen or order_id in self.seen_older:
-            self._events.append(DuplicateIgnored(self._seq(), self._ts, order_id,
-                                                 cmd.account_id))
-            return
-        seen.add(order_id)
-        if len(seen) >= REMEMBERED_IDS:
-            self.seen_older, self.seen_recent = seen, set()
-        if cmd.type != "limit" or cmd.post_only or cmd.quote_qty or cmd.stop_price:
-            self._place_other(cmd)
-            return
-        # A plain limit order, the common case, kept flat (this is the engine's hottest
-        # path): it rests, or crosses and goes to the matcher.
-        price, qty = cmd.price, cmd.qty
-        if price <= 0 or qty <= 0:
-            self._reject(cmd, "INVALID_PRICE" if price <= 0 else "INVALID_QTY")
-            return
-        self.last_seq = seq = self.last_seq + 1
-        account_id, side = cmd.account_id, cmd.side
-        self._events.append(OrderAccepted(seq, self._ts, order_id, account_id, side, "limit",
-                                          price, qty, cmd.tif))
-        if side == "buy":
-            best = self.best_ask
-            if best is not None and best <= price:
-                self._execute(cmd)
-                return
-        else:
-            best = self.best_bid
-            if best is not None and best >= price:
-                self._execute(cmd)
-                return
-        if cmd.tif != "GTC":
-            self._expire(order_id, account_id, qty,
-                         "ioc_remainder" if cmd.tif == "IOC" else "fok_unfilled")
-            return
-        self._arrivals = arrival = self._arrivals + 1
-        self._enqueue(RestingOrder(order_id, account_id, side, price, qty, qty, False, arrival))
-
     def _place_other(self, cmd: PlaceOrder) -> None:
-        """Every placement but a plain limit order: validated, then matched or parked."""
+        """Every placement but a plain limit or market order: validated, then matched or
+        parked."""
         reason = self._invalid(cmd)
         if reason:
             self._reject(cmd, reason)
@@ -209,11 +390,10 @@ class OrderBook:
                 self._reject(cmd, "STOP_WOULD_TRIGGER")
                 return
             self._accept(cmd)
-            self._arrivals += 1
-            self._park_stop(cmd, self._arrivals)
+            self._park_stop(cmd, self.last_seq)
             return
         self._accept(cmd)
-        self._execute(cmd)
+        self._execute(cmd, cmd.qty)
 
     def _invalid(self, cmd: PlaceOrder) -> str | None:
         limit_priced = cmd.type in ("limit", "stop_limit")
@@ -245,18 +425,27 @@ class OrderBook:
             self._seq(), self._ts, cmd.order_id, cmd.account_id, cmd.side, cmd.type, cmd.price,
             cmd.qty, cmd.tif, cmd.quote_qty, cmd.stop_price))
 
-    def _execute(self, cmd: PlaceOrder, qty: int | None = None) -> None:
-        """Match an accepted (or triggered) order, then rest or expire what is left."""
-        market = cmd.type in ("market", "stop_market")
-        qty = cmd.qty if qty is None else qty
-        if market:
-            reference = self.last_price if self.last_price is not None else self._best(cmd.side)
+    def _band_limit(self, side: str) -> int | None:
+        """The worst price a market order on `side` may fill at: the band around the
+        last trade price, or around the best opposite price before any trade; None
+        with neither."""
+        reference = self.last_price
+        if reference is None:
+            reference = self.best_ask if side == "buy" else self.best_bid
             if reference is None:
+                return None
+        band = reference * self.band_bps // 10_000
+        return reference + band if side == "buy" else reference - band
+
+    def _execute(self, cmd: PlaceOrder, qty: int) -> None:
+        """Match an accepted (or triggered) order for `qty` lots (0: as many as its budget
+        buys), then rest or expire what is left."""
+        market = cmd.type in ("market", "stop_market")
+        if market:
+            limit = self._band_limit(cmd.side)
+            if limit is None:
                 self._expire(cmd.order_id, cmd.account_id, qty, "no_liquidity")
                 return
-            band = reference * self.band_bps
-            limit = reference + band // 10_000 if cmd.side == "buy" else \
-                reference - band // 10_000
         else:
             limit = cmd.price
         if cmd.tif == "FOK" and not self._fillable(cmd, limit, qty):
@@ -272,80 +461,114 @@ class OrderBook:
         elif market:
             self._expire(cmd.order_id, cmd.account_id, remaining, stopped_by)
         elif cmd.tif == "GTC":
-            self._rest(RestingOrder(cmd.order_id, cmd.account_id, cmd.side, cmd.price,
-                                    cmd.qty, remaining, cmd.post_only))
+            self._enqueue(RestingOrder(cmd.order_id, cmd.account_id, cmd.side, cmd.price,
+                                       cmd.qty, remaining, cmd.post_only, self.last_seq))
         else:
             self._expire(cmd.order_id, cmd.account_id, remaining, "ioc_remainder")
 
     def _match(self, cmd: PlaceOrder, limit: int, qty: int) -> tuple[int, str]:
-        """Fill against the opposite side up to `limit` (and within the order's budget,
-        if it has one). Returns the lots left and why matching stopped."""
-        buying = cmd.side == "buy"
-        book = self.asks if buying else self.bids
-        changed = self._changed_asks if buying else self._changed_bids
-        budget = cmd.quote_qty  # tick*lot units still to spend; 0 = no budget
-        capped = budget > 0
-        remaining = qty if qty else -1  # -1: lots unbounded, only the budget limits
-        stp = cmd.stp
-        taker_id, taker_account, side, ts = cmd.order_id, cmd.account_id, cmd.side, self._ts
+        """Fill `qty` lots (0: as many as the order's budget buys) against the opposite
+        side up to `limit`, with self-trade prevention and the budget, if any. Returns the
+        lots left and why matching stopped: "filled", "stp", "market_remainder" (the
+        budget buys no more), "price_band" or "no_liquidity".
+
+        The general matcher, for every order `apply_batch` does not match inline (FOK,
+        self-trade prevention, budgets, triggered stops, amended orders): simpler than
+        the inline loop and the model it must agree with."""
+        stp, budget = cmd.stp, cmd.quote_qty  # budget: tick*lot units still to spend
+        side, taker_id, taker_account = cmd.side, cmd.order_id, cmd.account_id
+        if side == "buy":
+            buying, levels, changed = True, self.asks, self._changed_asks
+        else:
+            buying, levels, changed = False, self.bids, self._changed_bids
+        seq, trade_id, ts = self.last_seq, self.last_trade_id, self._ts
         events = self._events
-        resting = self.orders
-        while True:
+        orders = self.orders
+        capped = budget > 0
+        left = qty
+        stopped_by = ""
+        while not stopped_by:
             price = self.best_ask if buying else self.best_bid
             if price is None:
-                return remaining, "no_liquidity"
+                stopped_by = "no_liquidity"
+                break
             if (price > limit) if buying else (price < limit):
-                return remaining, "price_band"
-            level = book[price]
-            orders = level.orders
+                stopped_by = "price_band"
+                break
+            level = levels[price]
+            first_trade = trade_id + 1
             while level.total:
-                maker = orders[0]
-                if not maker.remaining:  # cancelled earlier, left in the queue
-                    orders.popleft()
+                maker = level[0]
+                have = maker.remaining
+                if not have:
+                    level.popleft()
                     level.dead -= 1
                     continue
                 if stp != "none" and maker.account_id == taker_account:
                     if stp != "cancel_newest":  # cancel_oldest or cancel_both
-                        self._remove(maker, level, "stp")
+                        level.total -= have
+                        level.dead += 1
+                        maker.remaining = 0
+                        del orders[maker.order_id]
+                        seq += 1
+                        events.append(OrderCancelled(seq, ts, maker.order_id,
+                                                     maker.account_id, have, "stp"))
                     if stp != "cancel_oldest":
-                        changed[price] = level.total
-                        if not level.total:
-                            self._drop_level(buying, price)
-                        return remaining, "stp"
+                        stopped_by = "stp"
+                        break
                     continue
-                fill = maker.remaining
-                if 0 <= remaining < fill:
-                    fill = remaining
+                fill = have if not qty or have <= left else left
                 if capped:
                     fill = min(fill, budget // price)
-                    if fill == 0:
-                        changed[price] = level.total
-                        return remaining, "market_remainder"
+                    if not fill:
+                        stopped_by = "market_remainder"
+                        break
                     budget -= fill * price
-                if remaining > 0:
-                    remaining -= fill
-                taker_done = remaining == 0 or (capped and budget < price)
-                maker.remaining -= fill
+                if qty:
+                    left -= fill
+                taker_done = bool(qty and not left) or (capped and budget < price)
+                maker.remaining = have - fill
                 level.total -= fill
-                self.last_trade_id = trade_id = self.last_trade_id + 1
-                self.last_seq = seq = self.last_seq + 1
-                self.last_price = price
-                maker_done = maker.remaining == 0
+                trade_id += 1
+                seq += 1
                 events.append(Trade(seq, ts, trade_id, price, fill, side, maker.order_id,
-                                    maker.account_id, taker_id, taker_account, maker_done,
+                                    maker.account_id, taker_id, taker_account, fill == have,
                                     taker_done))
-                if maker_done:
-                    orders.popleft()
-                    del resting[maker.order_id]
+                if fill == have:
+                    level.popleft()
+                    del orders[maker.order_id]
+                if taker_done:
+                    stopped_by = "filled"
+                    break
+            if trade_id >= first_trade:
+                self.last_price = price
                 if self.stops:
                     self._collect_triggers(price)
-                if taker_done:
-                    changed[price] = level.total
-                    if not level.total:
-                        self._drop_level(buying, price)
-                    return max(remaining, 0), "filled"
-            changed[price] = 0
-            self._drop_level(buying, price)
+            changed[price] = total = level.total
+            if not total:
+                self._drop_level(buying, price)
+        self.last_seq, self.last_trade_id = seq, trade_id
+        return left, stopped_by
+
+    def _add_level(self, buying: bool, price: int) -> Level:
+        """A new, empty level at `price`, with its side's heap and best price kept right."""
+        level = Level()
+        level.total = level.dead = 0
+        if buying:
+            levels, heap, key = self.bids, self._bid_heap, -price
+            if self.best_bid is None or price > self.best_bid:
+                self.best_bid = price
+        else:
+            levels, heap, key = self.asks, self._ask_heap, price
+            if self.best_ask is None or price < self.best_ask:
+                self.best_ask = price
+        levels[price] = level
+        heappush(heap, key)
+        if len(heap) > 2 * len(levels) + 64:
+            # Too many stale prices of levels dropped deep in the book: rebuild.
+            heap[:] = [-p for p in levels] if buying else list(levels)
+            heapify(heap)
+        return level
 
     def _drop_level(self, from_asks: bool, price: int) -> None:
         """Remove an empty level and keep the cached best price right."""
@@ -375,7 +598,7 @@ class OrderBook:
         else:
             prices = sorted((p for p in book if p >= limit), reverse=True)
         for price in prices:
-            for maker in book[price].orders:
+            for maker in book[price]:
                 if not maker.remaining:
                     continue
                 if cmd.stp != "none" and maker.account_id == cmd.account_id:
@@ -388,59 +611,19 @@ class OrderBook:
         return False
 
     def _would_take(self, side: str, price: int) -> bool:
-        best = self._best(side)
+        best = self.best_ask if side == "buy" else self.best_bid
         return best is not None and (best <= price if side == "buy" else best >= price)
-
-    def _best(self, side: str) -> int | None:
-        """Best opposite price for an order on `side`."""
-        return self.best_ask if side == "buy" else self.best_bid
-
-    def _rest(self, order: RestingOrder) -> None:
-        self._arrivals = order.arrival = self._arrivals + 1
-        self._enqueue(order)
 
     def _enqueue(self, order: RestingOrder) -> None:
         """Put an order at the back of its level's queue."""
-        price = order.price
-        if order.side == "buy":
-            levels, changed = self.bids, self._changed_bids
-            level = levels.get(price)
-            if level is None:
-                level = levels[price] = Level()
-                self._push_price(self._bid_heap, levels, -1, price)
-                if self.best_bid is None or price > self.best_bid:
-                    self.best_bid = price
-        else:
-            levels, changed = self.asks, self._changed_asks
-            level = levels.get(price)
-            if level is None:
-                level = levels[price] = Level()
-                self._push_price(self._ask_heap, levels, 1, price)
-                if self.best_ask is None or price < self.best_ask:
-                    self.best_ask = price
-        level.orders.append(order)
+        price, buying = order.price, order.side == "buy"
+        level = (self.bids if buying else self.asks).get(price)
+        if level is None:
+            level = self._add_level(buying, price)
+        level.append(order)
         level.total += order.remaining
-        changed[price] = level.total
+        (self._changed_bids if buying else self._changed_asks)[price] = level.total
         self.orders[order.order_id] = order
-
-    @staticmethod
-    def _push_price(heap: list[int], levels: dict[int, Level], sign: int, price: int) -> None:
-        """Add a new level's price to its side's heap (keys are `sign * price`)."""
-        heappush(heap, sign * price)
-        if len(heap) > 2 * len(levels) + 64:
-            # Too many stale prices of levels dropped deep in the book: rebuild.
-            heap[:] = [sign * p for p in levels]
-            heapify(heap)
-
-    def _remove(self, order: RestingOrder, level: Level, reason: str) -> None:
-        """Take a resting order out (level totals kept right; caller drops empty levels)."""
-        level.total -= order.remaining
-        level.dead += 1
-        del self.orders[order.order_id]
-        self._events.append(OrderCancelled(self._seq(), self._ts, order.order_id,
-                                           order.account_id, order.remaining,
-                                           reason))  # type: ignore[arg-type]
-        order.remaining = 0
 
     def _side(self, side: str) -> tuple[dict[int, Level], dict[int, int]]:
         if side == "buy":
@@ -472,7 +655,7 @@ class OrderBook:
         assert self.last_price is not None
         self._events.append(OrderTriggered(self._seq(), self._ts, order_id, cmd.account_id,
                                            self.last_price))
-        self._execute(cmd)
+        self._execute(cmd, cmd.qty)
 
     def _drop_stop(self, cmd: PlaceOrder, arrival: int) -> None:
         if cmd.side == "buy":
@@ -492,24 +675,19 @@ class OrderBook:
     def _cancel_one(self, order_id: str, account_id: str, reason: str) -> bool:
         order = self.orders.get(order_id)
         if order is not None and order.account_id == account_id:
-            # A resting order, the common case (kept flat: a quarter of all commands).
-            price, remaining = order.price, order.remaining
-            if order.side == "buy":
-                level, changed = self.bids[price], self._changed_bids
-            else:
-                level, changed = self.asks[price], self._changed_asks
+            price, remaining, buying = order.price, order.remaining, order.side == "buy"
+            level = (self.bids if buying else self.asks)[price]
             del self.orders[order_id]
             order.remaining = 0
-            self.last_seq = seq = self.last_seq + 1
-            self._events.append(OrderCancelled(seq, self._ts, order_id, account_id, remaining,
-                                               reason))  # type: ignore[arg-type]
-            changed[price] = level.total = total = level.total - remaining
+            self._events.append(OrderCancelled(self._seq(), self._ts, order_id, account_id,
+                                               remaining, reason))  # type: ignore[arg-type]
+            level.total -= remaining
             level.dead += 1
-            if not total:
-                self._drop_level(order.side == "sell", price)
-            elif level.dead > COMPACT_DEAD and 2 * level.dead > len(level.orders):
-                level.orders = deque(o for o in level.orders if o.remaining)
-                level.dead = 0
+            (self._changed_bids if buying else self._changed_asks)[price] = level.total
+            if not level.total:
+                self._drop_level(not buying, price)
+            elif level.dead > COMPACT_DEAD and 2 * level.dead > len(level):
+                level.compact()
             return True
         stop = self.stops.get(order_id)
         if stop is not None and stop[0].account_id == account_id:

@@ -21,6 +21,10 @@ class EngineSnapshot(msgspec.Struct, frozen=True, array_like=True):
     last_seq: int
     last_trade_id: int
     last_price: int  # 0: no trade yet
+    # The book's arrival counter in older snapshots; arrivals are now event seqs, so this
+    # is the last seq again, kept so that snapshots of either kind decode. Restoring never
+    # needs it: orders keep their recorded arrivals, and every later arrival is a later
+    # seq, hence larger (the old counter never ran ahead of the seq).
     arrivals: int
     # (order_id, account_id, side, price, qty, remaining, post_only, arrival), by arrival
     orders: list[tuple[str, str, str, int, int, int, bool, int]]
@@ -35,7 +39,7 @@ def capture(book: OrderBook, candles: Candles, *, last_input_id: str, md_seq: in
     orders = sorted(book.orders.values(), key=lambda o: o.arrival)
     return msgspec.msgpack.encode(EngineSnapshot(
         last_input_id, md_seq, epoch, book.last_seq, book.last_trade_id,
-        book.last_price or 0, book._arrivals,
+        book.last_price or 0, book.last_seq,
         [(o.order_id, o.account_id, o.side, o.price, o.qty, o.remaining, o.post_only,
           o.arrival) for o in orders],
         list(book.stops.values()), list(book.seen_older), list(book.seen_recent),
@@ -52,7 +56,6 @@ def restore(blob: bytes, band_bps: int) -> tuple[EngineSnapshot, OrderBook, Cand
     book = OrderBook(band_bps=band_bps)
     book.last_seq, book.last_trade_id = snap.last_seq, snap.last_trade_id
     book.last_price = snap.last_price or None
-    book._arrivals = snap.arrivals
     for order_id, account_id, side, price, qty, remaining, post_only, arrival in snap.orders:
         order = RestingOrder(order_id, account_id, side, price, qty, remaining, post_only)
         order.arrival = arrival

@@ -22,7 +22,9 @@ from services.common.messages import (
     encode,
 )
 from services.common.order_status import TERMINAL, OrderState, orders_of
-from services.engine.book import OrderBook
+from services.engine import book as book_module
+from services.engine.book import OrderBook, RestingOrder
+from services.engine.snapshot import EngineSnapshot, restore
 from tests.engine.reference import ReferenceBook, reduce_events
 
 
@@ -127,8 +129,6 @@ def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
     return st.integers(0, len(table) - 1).flatmap(lambda i: table[i])
 
 
-
-
 def unique_placements(cmds: list) -> list:
     """Give every placement its own id and point cancels and amends at earlier ones, as
     the API does (ids are never reused)."""
@@ -146,7 +146,8 @@ def unique_placements(cmds: list) -> list:
     return out
 
 
-commands = st.lists(
+# Every command type, placements with ids drawn from a few (so some are re-sent).
+resent_commands = st.lists(
     weighted(
         (40, limit_orders), (6, market_orders), (4, budget_orders), (10, stop_orders),
         (10, st.builds(CancelOrder, order_ids, accounts)),
@@ -156,7 +157,8 @@ commands = st.lists(
     ),
     min_size=5,
     max_size=80,
-).map(unique_placements)
+)
+commands = resent_commands.map(unique_placements)
 
 
 def run_both(cmds: list) -> tuple[OrderBook, ReferenceBook, list]:
@@ -265,3 +267,83 @@ def test_deep_books_with_heavy_cancelling_still_match_the_reference() -> None:
     assert reduce_events(events) == ref.events
     assert book.depth("buy") == ref.depth("buy") and book.depth("sell") == ref.depth("sell")
     assert len(book.bids) + len(book.asks) == len(ref.depth("buy")) + len(ref.depth("sell"))
+
+
+# ---- batches, remembered ids, snapshots ---------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(commands, resent_commands), st.lists(st.integers(1, 20), min_size=1))
+def test_batches_give_the_same_events_book_and_level_changes_as_one_command_at_a_time(
+        cmds: list, sizes: list[int]) -> None:
+    """The engine hands the book whole batches; a batch must be exactly its commands one
+    after another (the batch loop keeps the event sequence and other state in locals)."""
+    single, batched = OrderBook(), OrderBook()
+    stamped = list(enumerate(cmds))
+    start = 0
+    for size in sizes * len(cmds):
+        if start >= len(cmds):
+            break
+        chunk = [(cmd, ts) for ts, cmd in stamped[start:start + size]]
+        start += size
+        one_by_one: list = []
+        bids: dict[int, int] = {}
+        asks: dict[int, int] = {}
+        for cmd, ts in chunk:
+            one_by_one += single.apply(cmd, ts)
+            changed_bids, changed_asks = single.take_level_changes()
+            bids.update(changed_bids)
+            asks.update(changed_asks)
+        assert encode(batched.apply_batch(chunk)) == encode(one_by_one)
+        changed_bids, changed_asks = batched.take_level_changes()
+        assert list(changed_bids.items()) == list(bids.items())
+        assert list(changed_asks.items()) == list(asks.items())
+    assert batched.depth("buy") == single.depth("buy")
+    assert batched.depth("sell") == single.depth("sell")
+    assert [(o.order_id, o.remaining) for o in batched.orders.values()] == \
+        [(o.order_id, o.remaining) for o in single.orders.values()]
+    assert list(batched.stops) == list(single.stops)
+
+
+def test_a_resent_order_id_is_refused_for_one_to_two_generations_of_ids(monkeypatch) -> None:
+    monkeypatch.setattr(book_module, "REMEMBERED_IDS", 4)
+    book = OrderBook()
+
+    def kinds(batch: list[PlaceOrder]) -> list[str]:
+        return [type(e).__name__ for e in book.apply_batch([(cmd, 1) for cmd in batch])]
+
+    # a-d fill a generation, e starts the next: a is still remembered, as is a repeat
+    # within one batch.
+    assert kinds([place(i, "buy", 90, 1) for i in "abcde"]) == ["OrderAccepted"] * 5
+    assert kinds([place("a", "buy", 90, 1)]) == ["DuplicateIgnored"]
+    assert kinds([place("x", "buy", 90, 1), place("x", "buy", 90, 1)]) == \
+        ["OrderAccepted", "DuplicateIgnored"]
+    # x, f, g complete the second generation, and the one holding a-d is forgotten.
+    assert kinds([place(i, "buy", 90, 1) for i in "fg"]) == ["OrderAccepted"] * 2
+    assert kinds([place("a", "buy", 91, 1), place("e", "buy", 91, 1)]) == \
+        ["OrderAccepted", "DuplicateIgnored"]
+    assert book.depth("buy") == [(91, 1), (90, 8)]
+
+
+def test_a_book_restored_from_an_older_snapshot_still_goes_oldest_first() -> None:
+    """Snapshots written before arrivals became event seqs hold a separate arrival
+    counter, far below the seq: what they restore still comes before anything newer,
+    for cancel-all and for stops triggered at one price."""
+    old = EngineSnapshot(
+        "1-0", 0, "epoch", 40, 3, 100, 3,
+        [("old-bid", "alice", "buy", 99, 5, 5, False, 1)],
+        [(PlaceOrder("old-stop", "alice", "buy", 0, 1, "IOC", "stop_market",  # type: ignore[arg-type]
+                     stop_price=102), 2)],
+        [], ["old-bid", "old-stop"], [])
+    _, book, _ = restore(msgspec.msgpack.encode(old), 500)
+    assert isinstance(book.orders["old-bid"], RestingOrder)
+    book.apply(PlaceOrder("new-stop", "alice", "buy", 0, 1, "IOC", "stop_market",  # type: ignore[arg-type]
+                          stop_price=102), 1)
+    book.apply(place("new-bid", "buy", 98, 5, account="alice"), 2)
+    book.apply(place("ask", "sell", 102, 1, account="bob"), 3)
+    book.apply(place("ask-2", "sell", 103, 5, account="bob"), 4)
+    fired = book.apply(place("lift", "buy", 102, 1, account="carol"), 5)
+    assert [e.order_id for e in fired if type(e).__name__ == "OrderTriggered"] == \
+        ["old-stop", "new-stop"]
+    cancelled = book.apply(CancelAll("alice"), 6)
+    assert [e.order_id for e in cancelled] == ["old-bid", "new-bid"]

@@ -8,7 +8,7 @@ rules in observability/ use only these names (a test parses their PromQL and scr
 every service of a running exchange). Each service also exports prometheus_client's
 `process_*` figures (CPU, memory, open files).
 
-Each metric's help text below says what it counts; units are in the names. By service:
+Each metric's help text (below, or where it is collected) says what it counts. By service:
 
 - api: exchange_http_requests_total{method,route,status},
   exchange_http_request_duration_seconds{method,route}, exchange_orders_accepted_total{pair},

@@ -120,7 +120,8 @@ class LocalRedisCluster:
         return dict(self._procs)
 
     def _dir(self, port: int) -> Path:
-        return Path(self.spec.data_dir) / str(port)
+        # Absolute: a server opens its log file relative to --dir, which it enters first.
+        return Path(self.spec.data_dir).resolve() / str(port)
 
     def _has_cluster_state(self) -> bool:
         # A node writes nodes.conf (listing only itself) at first boot, so a run that died

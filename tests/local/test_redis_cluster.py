@@ -85,6 +85,20 @@ def test_cluster_serves_keys_on_every_master(cluster: LocalRedisCluster) -> None
     assert not any("fail" in f for f in flags)
 
 
+def test_a_relative_data_dir_works_as_make_up_gives_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `make up` passes `.exchange`; each server enters its --dir before it opens its log.
+    monkeypatch.chdir(tmp_path)
+    spec = ClusterSpec(Path(".exchange") / "redis", tuple(free_ports(6)))
+    with LocalRedisCluster(spec) as c:
+        rc = RedisCluster.from_url(c.url, decode_responses=True)
+        rc.set("{ETH-USD}:last", "3000")
+        assert rc.get("{ETH-USD}:last") == "3000"
+        rc.close()
+    assert all((tmp_path / ".exchange" / "redis" / str(p) / "server.log").is_file()
+               for p in spec.ports)
+
+
 def test_restart_on_same_data_dir_keeps_data(tmp_path: Path) -> None:
     spec = ClusterSpec(tmp_path / "redis", tuple(free_ports(6)))
     with LocalRedisCluster(spec) as c:
